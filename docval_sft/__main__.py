@@ -1,0 +1,3 @@
+from docval_sft.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""Rich rendering of reports for the CLI (kept out of the library logic so it stays importable headless)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .validate import ValidationReport
+
+MAX_LISTED_ISSUES = 40
+
+
+def print_validation(report: ValidationReport, console: Console) -> None:
+    data = report.to_dict()
+    table = Table(title="Phase A data", show_lines=False)
+    for col in ("split", "file", "records", "usable", "errors", "warnings", "per dataset", "steps (count: records)"):
+        table.add_column(col, overflow="fold")
+    for name, s in data["splits"].items():
+        per_ds = ", ".join(f"{k} {v}" for k, v in s["per_dataset"].items())
+        steps = ", ".join(f"{k}: {v}" for k, v in s["steps_histogram"].items())
+        table.add_row(name, s["file"], str(s["records"]), str(s["usable"]),
+                      _colour(s["errors"], "red"), _colour(s["warnings"], "yellow"), per_ds, steps)
+    console.print(table)
+
+    token_rows = [(name, s["tokens"]) for name, s in data["splits"].items() if "tokens" in s]
+    if token_rows:
+        tokens = Table(title=f"Tokens per record (max_length {report.max_length})")
+        tokens.add_column("split")
+        tokens.add_column("part")
+        for key in ("p50", "p90", "p99", "max"):
+            tokens.add_column(key, justify="right")
+        for name, parts in token_rows:
+            for part, stats in parts.items():
+                tokens.add_row(name, part, *(str(stats.get(k, "")) for k in ("p50", "p90", "p99", "max")))
+        console.print(tokens)
+
+    issues = [i for s in report.splits for i in s.issues]
+    for issue in issues[:MAX_LISTED_ISSUES]:
+        style = "red" if issue.severity == "error" else "yellow"
+        console.print(f"[{style}]{issue.severity}[/{style}] {issue}", markup=True, highlight=False, soft_wrap=True)
+    if len(issues) > MAX_LISTED_ISSUES:
+        console.print(f"... and {len(issues) - MAX_LISTED_ISSUES} more issues (--json lists them all)")
+    if report.skipped_file:
+        n = report.n_errors
+        console.print(f"[yellow]--skip-bad: {n} record error(s) skipped, reasons in {report.skipped_file}[/yellow]")
+    elif report.n_errors:
+        console.print(f"[red]{report.n_errors} error(s): fix the records above, or pass --skip-bad to skip "
+                      "them with a written report.[/red]")
+    else:
+        console.print("[green]OK: every record is usable.[/green]")
+
+
+def _colour(value: Any, style: str) -> str:
+    return f"[{style}]{value}[/{style}]" if value else str(value)

@@ -1,0 +1,101 @@
+"""Find and check the document image of a record, following the original DocVAL folder layout.
+
+Images are never substituted: a missing, unreadable or truncated image is an error that names the record and
+every path tried (the original trainers trained on a blank white image, or silently dropped SROIE).
+Paths stay inside the image root (or the data file's folder for record-local relative paths); an absolute
+record-local path needs ``allow_absolute_paths``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .records import PhaseARecord
+
+# Folder(s) under the image root for each image_id prefix, in the order they are tried.
+DATASET_DIRS: dict[str, tuple[str, ...]] = {
+    "cord": ("CORD",),
+    "docvqa": ("DocVQA/images",),
+    "funsd": ("FUNSD",),
+    "sroie": ("SROIE", "SROIE/SROIE2019/train/img", "SROIE/SROIE2019/test/img"),
+    "visualmrc": ("VisualMRC",),
+}
+# Canonical folder name of each prefix, for the generic <root>/<DATASET>/images/<file> place.
+DATASET_NAMES = {"cord": "CORD", "docvqa": "DocVQA", "funsd": "FUNSD", "sroie": "SROIE", "visualmrc": "VisualMRC"}
+
+
+class ImageProblem(Exception):
+    """Why a record's image cannot be used; ``code`` is stable, ``str()`` is for humans."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    path: Path
+    width: int
+    height: int
+    mode: str
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def candidate_paths(record: PhaseARecord, image_root: Path, data_dir: Path,
+                    *, allow_absolute_paths: bool = False) -> list[Path]:
+    """Every place the record's image may be, in lookup order. Raises ImageProblem for an escaping path."""
+    if record.image_path is not None:
+        local = Path(record.image_path)
+        if local.is_absolute():
+            if not allow_absolute_paths:
+                raise ImageProblem("absolute_path", f"record gives an absolute image path {local}; "
+                                   "pass --allow-absolute-paths to use it")
+            return [local]
+        if not _inside(data_dir / local, data_dir):
+            raise ImageProblem("path_escape", f"image path {local} leaves the data file's folder {data_dir}")
+        return [data_dir / local]
+    prefix = record.prefix
+    if prefix not in DATASET_DIRS and record.dataset:
+        prefix = record.dataset.lower()  # e.g. ids without a known prefix but with dataset="SROIE"
+    dirs = list(DATASET_DIRS.get(prefix, ()))
+    name = DATASET_NAMES.get(prefix, record.dataset or "")
+    places = [image_root / d / record.image_file for d in dirs] + [image_root / record.image_file]
+    if name:
+        places.append(image_root / name / "images" / record.image_file)
+    unique = list(dict.fromkeys(places))
+    escaping = [p for p in unique if not _inside(p, image_root)]
+    if escaping:
+        raise ImageProblem("path_escape", f"image path {escaping[0]} leaves the image root {image_root}")
+    return unique
+
+
+def resolve_image(record: PhaseARecord, image_root: Path, data_dir: Path,
+                  *, allow_absolute_paths: bool = False) -> Path:
+    """The first existing candidate path; ImageProblem listing every path tried if none exists."""
+    tried = candidate_paths(record, image_root, data_dir, allow_absolute_paths=allow_absolute_paths)
+    for path in tried:
+        if path.is_file():
+            return path
+    listed = ", ".join(str(p) for p in tried)
+    raise ImageProblem("missing_image", f"image {record.image_file!r} not found; tried: {listed}")
+
+
+def check_image(path: Path) -> ImageInfo:
+    """Fully decode the image once (catches truncation) and return its size; the pixels are not kept."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageInfo(path, img.width, img.height, img.mode)
+    except Image.DecompressionBombError as exc:
+        raise ImageProblem("image_too_large", f"{path}: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageProblem("not_an_image", f"{path}: not a readable image file") from exc
+    except OSError as exc:
+        # PIL reports a cut-off file as OSError("image file is truncated ...")
+        raise ImageProblem("unreadable_image", f"{path}: cannot decode image ({exc})") from exc

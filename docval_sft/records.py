@@ -1,0 +1,271 @@
+"""Load and validate DocVAL Phase A records (JSON array or JSON Lines).
+
+Every field of the schema in ``docval_format.md`` section 1 is checked; unknown fields are tolerated. Problems
+are collected per record (not first-fail) so one run shows them all, each naming file, record, line,
+image_id and field. File-level problems (unreadable, malformed JSON, not a list) raise :class:`DocvalError`.
+
+Policy: by default a teacher-failure record (a ``Step``-count other than 7, an ``N/A``/empty answer, the
+``[0, 0, 100, 100]`` fallback box) is kept and reported as a warning; with ``strict=True`` it is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DocvalError, Issue, Location
+from .format import strip_step_prefix
+
+EXPECTED_STEPS = 7
+FALLBACK_BOX = (0, 0, 100, 100)
+FAILED_ANSWERS = {"", "n/a"}
+
+
+@dataclass(frozen=True)
+class PhaseARecord:
+    """One validated Phase A record. Box values keep their JSON type so the target renders byte-identically."""
+
+    image_id: str
+    image_file: str
+    question: str
+    cot_steps: tuple[str, ...]
+    answer_pred: str
+    bbox_pred: tuple[float, float, float, float]
+    location: Location
+    dataset: str | None = None
+    answer_gt: tuple[str, ...] = ()  # gold answers (a str in the released data; lists are accepted)
+    bbox_gt: tuple[float, float, float, float] | None = None
+    image_path: str | None = None  # a record-local image ("image" or "image_path" field)
+
+    @property
+    def prefix(self) -> str:
+        """Dataset prefix of the image_id (``cord_00000`` -> ``cord``), else the lower-cased dataset field."""
+        head, sep, _ = self.image_id.partition("_")
+        return head.lower() if sep else (self.dataset or "").lower()
+
+
+@dataclass
+class LoadResult:
+    """Records that passed validation, plus every issue found (errors exclude their record)."""
+
+    file: Path
+    records: list[PhaseARecord] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    n_total: int = 0
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+
+def _iter_raw(path: Path) -> Iterator[tuple[int, int | None, Any]]:
+    """Yield (index, line, raw object) from a JSON array or JSON Lines file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DocvalError(f"{path}: cannot read data file ({exc.strerror or exc}); check the path.") from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DocvalError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "re-save the file as UTF-8."
+        ) from exc
+    if not text.strip():
+        raise DocvalError(f"{path}: the file is empty; expected a JSON array of records or JSON Lines.")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DocvalError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}.") from exc
+        for index, item in enumerate(items):
+            yield index, None, item
+        return
+    index = 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DocvalError(
+                f"{path}:{lineno}:{exc.colno}: malformed JSON Lines record {index}: {exc.msg}. "
+                "Expected a JSON array, or one JSON object per line."
+            ) from exc
+        yield index, lineno, item
+        index += 1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_box(value: Any) -> str | None:
+    """Return why ``value`` is not a valid ``[x1, y1, x2, y2]`` pixel box, or None if it is."""
+    if not isinstance(value, (list, tuple)):
+        return f"expected a list of 4 numbers [x1, y1, x2, y2], got {type(value).__name__}"
+    if len(value) != 4:
+        return f"expected 4 numbers [x1, y1, x2, y2], got {len(value)}: {value!r}"
+    if not all(_is_number(v) for v in value):
+        return f"expected 4 numbers, got {value!r}"
+    if not all(math.isfinite(v) for v in value):
+        return f"coordinates must be finite, got {value!r}"
+    if any(v < 0 for v in value):
+        return f"coordinates must be non-negative pixels, got {value!r}"
+    x1, y1, x2, y2 = value
+    if not (x1 < x2 and y1 < y2):
+        return f"expected x1 < x2 and y1 < y2, got {value!r}"
+    return None
+
+
+class _RecordChecker:
+    """Collects issues for one raw record."""
+
+    def __init__(self, loc: Location, strict: bool) -> None:
+        self.loc = loc
+        self.strict = strict
+        self.issues: list[Issue] = []
+
+    def error(self, field_name: str | None, code: str, message: str) -> None:
+        self.issues.append(Issue(self.loc, field_name, code, message, "error"))
+
+    def policy(self, field_name: str | None, code: str, message: str) -> None:
+        """A teacher-failure symptom: an error under --strict, else a warning."""
+        severity = "error" if self.strict else "warning"
+        hint = "" if self.strict else " (kept; --strict rejects it)"
+        self.issues.append(Issue(self.loc, field_name, code, message + hint, severity))
+
+    def text(self, raw: dict[str, Any], name: str, *, required: bool = True, non_empty: bool = True) -> str | None:
+        if name not in raw or raw[name] is None:
+            if required:
+                self.error(name, "missing_field", "required field is missing (expected a string)")
+            return None
+        value = raw[name]
+        if not isinstance(value, str):
+            self.error(name, "wrong_type", f"expected a string, got {type(value).__name__}: {value!r:.60}")
+            return None
+        if non_empty and not value.strip():
+            self.error(name, "empty", "must not be empty")
+            return None
+        return value
+
+
+def parse_record(raw: Any, loc: Location, *, strict: bool = False) -> tuple[PhaseARecord | None, list[Issue]]:
+    """Validate one raw JSON object. Returns the record (None if it has errors) and its issues."""
+    if not isinstance(raw, dict):
+        issue = Issue(loc, None, "wrong_type", f"expected a JSON object, got {type(raw).__name__}")
+        return None, [issue]
+    image_id = raw.get("image_id") if isinstance(raw.get("image_id"), str) else None
+    loc = Location(loc.file, loc.index, loc.line, image_id)
+    c = _RecordChecker(loc, strict)
+
+    image_id = c.text(raw, "image_id")
+    image_path = raw.get("image_path") or raw.get("image")
+    if image_path is not None and not isinstance(image_path, str):
+        c.error("image_path", "wrong_type", f"expected a path string, got {type(image_path).__name__}")
+        image_path = None
+    image_file = c.text(raw, "image_file", required=image_path is None)
+    if image_file is not None and (Path(image_file).name != image_file or image_file in {".", ".."}):
+        c.error("image_file", "not_a_file_name", f"expected a bare file name, got {image_file!r}")
+        image_file = None
+    question = c.text(raw, "question")
+    dataset = c.text(raw, "dataset", required=False)
+
+    steps: list[str] | None = None
+    raw_steps = raw.get("cot_steps")
+    if raw_steps is None:
+        c.error("cot_steps", "missing_field", "required field is missing (expected a list of step strings)")
+    elif not isinstance(raw_steps, list) or not all(isinstance(s, str) for s in raw_steps):
+        c.error("cot_steps", "wrong_type", f"expected a list of strings, got {type(raw_steps).__name__}")
+    else:
+        steps = [strip_step_prefix(s).strip() for s in raw_steps]
+        for i, step in enumerate(steps):
+            if not step:
+                c.error("cot_steps", "empty_step", f"step {i + 1} is empty")
+            elif "\n" in step or "\r" in step:
+                c.error("cot_steps", "multiline", f"step {i + 1} contains a line break; each step must be one line")
+        if not steps:
+            c.error("cot_steps", "no_steps", "has no steps")
+        elif len(steps) != EXPECTED_STEPS:
+            c.policy("cot_steps", "step_count", f"has {len(steps)} steps, expected {EXPECTED_STEPS}")
+
+    answer = c.text(raw, "answer_pred", non_empty=False)
+    if answer is not None:
+        if "\n" in answer or "\r" in answer:
+            c.error("answer_pred", "multiline", "contains a line break; the answer must be one line")
+        elif answer.strip().lower() in FAILED_ANSWERS:
+            c.policy("answer_pred", "failed_answer", f"teacher answer is {answer!r}")
+        answer = answer.strip()
+
+    box = raw.get("bbox_pred")
+    if "bbox_pred" not in raw:
+        c.error("bbox_pred", "missing_field", "required field is missing (expected [x1, y1, x2, y2])")
+    elif (why := check_box(box)) is not None:
+        c.error("bbox_pred", "bad_bbox", why)
+    elif tuple(box) == FALLBACK_BOX:
+        c.policy("bbox_pred", "fallback_bbox", "is the teacher-failure fallback box [0, 0, 100, 100]")
+
+    gold: tuple[str, ...] = ()
+    answer_gt = raw.get("answer_gt")
+    if isinstance(answer_gt, str):
+        gold = (answer_gt,) if answer_gt.strip() else ()
+    elif isinstance(answer_gt, list) and all(isinstance(a, str) for a in answer_gt):
+        gold = tuple(a for a in answer_gt if a.strip())
+    elif answer_gt is not None:
+        c.error("answer_gt", "wrong_type", f"expected a string, a list of strings or null, got {answer_gt!r:.60}")
+
+    bbox_gt = raw.get("bbox_gt")
+    if bbox_gt is not None and (why := check_box(bbox_gt)) is not None:
+        c.error("bbox_gt", "bad_bbox", why)
+
+    if any(i.severity == "error" for i in c.issues):
+        return None, c.issues
+    assert image_id is not None and question is not None and steps is not None and answer is not None
+    record = PhaseARecord(
+        image_id=image_id,
+        image_file=image_file or Path(str(image_path)).name,
+        question=question.strip(),
+        cot_steps=tuple(steps),
+        answer_pred=answer,
+        bbox_pred=tuple(box),  # type: ignore[arg-type]
+        location=loc,
+        dataset=dataset,
+        answer_gt=gold,
+        bbox_gt=tuple(bbox_gt) if bbox_gt is not None else None,  # type: ignore[arg-type]
+        image_path=image_path,
+    )
+    return record, c.issues
+
+
+def load_records(path: str | Path, *, strict: bool = False) -> LoadResult:
+    """Load and validate every record of a Phase A file; see the module docstring for the policy."""
+    path = Path(path)
+    result = LoadResult(file=path)
+    seen: dict[tuple[str, str], int] = {}
+    for index, line, raw in _iter_raw(path):
+        result.n_total += 1
+        record, issues = parse_record(raw, Location(path, index, line), strict=strict)
+        result.issues.extend(issues)
+        if record is None:
+            continue
+        key = (record.image_id, record.question)
+        if key in seen:
+            result.issues.append(
+                Issue(record.location, "question", "duplicate",
+                      f"same image_id and question as record {seen[key]} (kept; both are trained on)", "warning")
+            )
+        else:
+            seen[key] = index
+        result.records.append(record)
+    if result.n_total == 0:
+        raise DocvalError(f"{path}: contains no records.")
+    return result

@@ -1,0 +1,183 @@
+"""Validate Phase A files end to end: records, images, and (given a processor) token lengths.
+
+``prepare_split`` is what both ``validate-data`` and ``train`` run, so a file that validates is a file that
+trains. Each image is decoded once, its size checked, its tokens counted, then released: memory does not grow
+with the number of images. With ``skip_bad`` record-level errors drop the record and are written to a
+``skipped.jsonl`` report instead of failing the run; nothing is ever replaced or silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Issue
+from .images import ImageProblem, check_image, resolve_image
+from .lengths import TokenCount, TokenCounter, percentiles
+from .records import LoadResult, PhaseARecord, load_records
+
+
+@dataclass
+class SplitData:
+    """One validated split: usable records with their image paths, plus everything found on the way."""
+
+    name: str
+    file: Path
+    n_total: int
+    records: list[PhaseARecord] = field(default_factory=list)
+    image_paths: list[Path] = field(default_factory=list)
+    token_counts: list[TokenCount] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    def summary(self) -> dict[str, Any]:
+        per_dataset = Counter(r.prefix or "unknown" for r in self.records)
+        steps = Counter(len(r.cot_steps) for r in self.records)
+        out: dict[str, Any] = {
+            "file": str(self.file),
+            "records": self.n_total,
+            "usable": len(self.records),
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "per_dataset": dict(sorted(per_dataset.items())),
+            "steps_histogram": {str(k): v for k, v in sorted(steps.items())},
+            "issue_counts": dict(Counter(i.code for i in self.issues)),
+        }
+        if self.token_counts:
+            out["tokens"] = {
+                part: percentiles([getattr(c, part) for c in self.token_counts])
+                for part in ("prompt", "image", "target", "total")
+            }
+        return out
+
+
+@dataclass
+class ValidationReport:
+    splits: list[SplitData]
+    max_length: int | None
+    skip_bad: bool
+    skipped_file: Path | None = None
+
+    @property
+    def n_errors(self) -> int:
+        return sum(len(s.errors) for s in self.splits)
+
+    @property
+    def ok(self) -> bool:
+        """True when training may proceed: no errors, or every error was skipped and reported."""
+        return self.skip_bad or self.n_errors == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "max_length": self.max_length,
+            "skip_bad": self.skip_bad,
+            "skipped_file": str(self.skipped_file) if self.skipped_file else None,
+            "splits": {s.name: s.summary() for s in self.splits},
+            "issues": [i.to_dict() for s in self.splits for i in s.issues],
+        }
+
+
+def prepare_split(
+    name: str,
+    path: str | Path,
+    image_dir: str | Path,
+    *,
+    counter: TokenCounter | None = None,
+    max_length: int | None = None,
+    strict: bool = False,
+    allow_absolute_paths: bool = False,
+    on_record: Callable[[], None] | None = None,
+) -> SplitData:
+    """Load, validate and (with ``counter``) measure one file. Records with an error are not in ``records``."""
+    loaded: LoadResult = load_records(path, strict=strict)
+    split = SplitData(name, loaded.file, loaded.n_total, issues=list(loaded.issues))
+    image_root, data_dir = Path(image_dir), loaded.file.parent
+    for record in loaded.records:
+        if on_record:
+            on_record()
+        try:
+            image_path = resolve_image(record, image_root, data_dir, allow_absolute_paths=allow_absolute_paths)
+            count = _inspect(record, image_path, counter)
+        except ImageProblem as problem:
+            split.issues.append(Issue(record.location, "image_file", problem.code, str(problem)))
+            continue
+        if count is not None and max_length is not None and count.total > max_length:
+            split.issues.append(Issue(
+                record.location, None, "too_long",
+                f"{count.total} tokens (prompt {count.prompt} incl. {count.image} image tokens + target "
+                f"{count.target}) exceed max_length {max_length}; raise --max-length or skip it with --skip-bad "
+                "(records are never truncated)",
+            ))
+            continue
+        split.records.append(record)
+        split.image_paths.append(image_path)
+        if count is not None:
+            split.token_counts.append(count)
+    return split
+
+
+def _inspect(record: PhaseARecord, image_path: Path, counter: TokenCounter | None) -> TokenCount | None:
+    """Decode the image once: check it, and count tokens on the same pixels."""
+    if counter is None:
+        check_image(image_path)
+        return None
+    from PIL import Image
+
+    info = check_image(image_path)
+    with Image.open(info.path) as img:
+        return counter.count(record, img.convert("RGB"))
+
+
+def write_skipped(splits: list[SplitData], path: Path) -> int:
+    """Write every record-level error as one JSON line (the --skip-bad report); returns the count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [dict(i.to_dict(), split=s.name) for s in splits for i in s.errors]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+    return len(rows)
+
+
+def validate_data(
+    train_data: str | Path,
+    image_dir: str | Path,
+    *,
+    val_data: str | Path | None = None,
+    processor: Any = None,
+    max_length: int | None = None,
+    strict: bool = False,
+    skip_bad: bool = False,
+    skipped_file: str | Path | None = None,
+    allow_absolute_paths: bool = False,
+    show_progress: bool = False,
+) -> ValidationReport:
+    """Validate the train (and val) files; with ``skip_bad``, errors are written to ``skipped_file``."""
+    from rich.progress import Progress
+
+    counter = TokenCounter(processor) if processor is not None else None
+    files = [("train", Path(train_data))] + ([("val", Path(val_data))] if val_data else [])
+    splits = []
+    with Progress(transient=True, disable=not show_progress) as progress:
+        for name, path in files:
+            task = progress.add_task(f"checking {name} ({path.name})", total=None)
+            splits.append(prepare_split(
+                name, path, image_dir, counter=counter, max_length=max_length, strict=strict,
+                allow_absolute_paths=allow_absolute_paths, on_record=lambda t=task: progress.advance(t),
+            ))
+    report = ValidationReport(splits, max_length, skip_bad)
+    if skip_bad and report.n_errors:
+        report.skipped_file = Path(skipped_file or "skipped.jsonl")
+        write_skipped(splits, report.skipped_file)
+    return report
