@@ -37,7 +37,7 @@ AllowAbs = Annotated[bool, typer.Option("--allow-absolute-paths", help="Allow re
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
-def command(name: str) -> Callable[[F], F]:
+def command(name: str, app: typer.Typer = app) -> Callable[[F], F]:
     """Register a command whose DocvalError becomes one line on stderr and exit code 2 (traceback with --debug)."""
 
     def register(func: F) -> F:
@@ -130,6 +130,205 @@ def make_demo_data_cmd(
                f"images {demo.data.image_dir}")
     if demo.model_dir:
         typer.echo(f"tiny model: {demo.model_dir}")
+
+
+# ---------------------------------------------------------------- presets
+
+presets_app = typer.Typer(help="List the hardware presets, or show one in full.", invoke_without_command=True,
+                          no_args_is_help=False)
+app.add_typer(presets_app, name="presets")
+
+
+@presets_app.callback()
+def _presets_list(ctx: typer.Context) -> None:
+    """Without a subcommand: a table of every preset."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from .presets import PRESETS
+
+    table = Table(title="docval-sft presets")
+    for col in ("name", "model", "LoRA", "quant", "batch x accum", "lr", "max_length", "description"):
+        table.add_column(col, overflow="fold")
+    for p in PRESETS.values():
+        lora = f"r{p.lora_r}/a{p.lora_alpha}" + (" +vision" if p.lora_vision_tower else "") if p.use_lora else "full"
+        quant = "8-bit" if p.load_in_8bit else "4-bit" if p.load_in_4bit else p.dtype
+        table.add_row(p.name, p.model_name_or_path, lora, quant,
+                      f"{p.per_device_train_batch_size} x {p.gradient_accumulation_steps}", f"{p.learning_rate:g}",
+                      str(p.max_length), p.description)
+    Console().print(table)
+
+
+@command("show", app=presets_app)
+def presets_show_cmd(
+    name: Annotated[str, typer.Argument(help="Preset name, e.g. a100.")],
+    as_yaml: Annotated[bool, typer.Option("--yaml", help="Print as YAML (usable with train --config).")] = False,
+) -> None:
+    """Every field of one preset with its help text."""
+    from .presets import field_help, get_preset
+
+    preset = get_preset(name)
+    if as_yaml:
+        import yaml
+
+        typer.echo(yaml.safe_dump(preset.to_dict(), sort_keys=False), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"preset {name}: {preset.description}")
+    for col in ("field", "value", "effect"):
+        table.add_column(col, overflow="fold")
+    helps = field_help()
+    for key, value in preset.to_dict().items():
+        table.add_row(key, repr(value), helps[key])
+    Console().print(table)
+
+
+# ---------------------------------------------------------------- train / resume
+
+# Preset overrides: each parameter is named exactly like the preset field it sets, so the command collects
+# them generically (no flag -> field if-chain); the flag spellings are the Phase B1 guide's.
+Model = Annotated[Optional[str], typer.Option("--model", help="Base model id or local directory.")]
+Epochs = Annotated[Optional[float], typer.Option("--epochs", min=0, help="Passes over the training data.")]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (-1: epochs decide).")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Per-device batch size.")]
+GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", min=1, help="Gradient accumulation steps.")]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", min=0, help="Peak learning rate.")]
+UseLora = Annotated[Optional[bool], typer.Option("--use-lora/--no-lora", help="LoRA adapter, or full fine-tuning.")]
+Use8bit = Annotated[Optional[bool], typer.Option("--use-8bit/--no-8bit", help="Load the base in 8-bit (bitsandbytes).")]
+LoraR = Annotated[Optional[int], typer.Option("--lora-r", min=1, help="LoRA rank.")]
+LoraAlpha = Annotated[Optional[int], typer.Option("--lora-alpha", min=1, help="LoRA alpha.")]
+LoraVision = Annotated[Optional[bool], typer.Option("--lora-vision-tower/--no-lora-vision-tower", help="Also adapt the vision tower.")]
+Bf16 = Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 mixed precision.")]
+EvalSteps = Annotated[Optional[int], typer.Option("--eval-steps", min=1, help="Evaluate every N steps.")]
+SaveSteps = Annotated[Optional[int], typer.Option("--save-steps", min=1, help="Checkpoint every N steps.")]
+GradCkpt = Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory.")]
+AttnImpl = Annotated[Optional[str], typer.Option("--attn-implementation", help="sdpa, eager or flash_attention_2.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+SetFields = Annotated[Optional[list[str]], typer.Option("--set", help="Override any preset field: --set lora_dropout=0 (repeatable).")]
+_FLAG_FIELDS = ("model_name_or_path", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "learning_rate", "use_lora", "load_in_8bit", "max_length", "lora_r",
+                "lora_alpha", "lora_vision_tower", "bf16", "eval_steps", "save_steps", "gradient_checkpointing",
+                "attn_implementation", "seed")
+
+
+def _overrides(values: dict[str, Any], set_fields: Optional[list[str]]) -> dict[str, Any]:
+    """Preset overrides from the named flags (skipping unset ones) and from --set key=value."""
+    out = {name: values[name] for name in _FLAG_FIELDS if values.get(name) is not None}
+    for item in set_fields or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DocvalError(f"--set {item!r}: expected field=value, e.g. --set lora_dropout=0")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _report_to(tensorboard: bool, wandb: bool) -> Optional[tuple[str, ...]]:
+    chosen = tuple(name for name, on in (("tensorboard", tensorboard), ("wandb", wandb)) if on)
+    return chosen or None
+
+
+@command("train")
+def train_cmd(
+    train_data: Annotated[Optional[Path], typer.Option("--train-data", help="Phase A training records.")] = None,
+    image_dir: Annotated[Optional[Path], typer.Option("--image-dir", help="Image root (CORD/, DocVQA/images/, ...).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Run directory (checkpoints, final/, logs).")] = None,
+    val_data: ValData = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="a100 (default), 3090-8bit, full-ft or demo.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML of preset fields and run paths; flags win.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from OUTPUT/checkpoint-N (or OUTPUT: latest).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in a non-empty --output-dir.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve, validate data, print the config and step plan; load no weights.")] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="TensorBoard logs under OUTPUT/runs/.")] = False,
+    wandb: Annotated[bool, typer.Option("--wandb", help="Log to Weights & Biases.")] = False,
+    strict: Strict = False,
+    skip_bad: SkipBad = False,
+    allow_absolute_paths: AllowAbs = False,
+    as_json: JsonOut = False,
+    model_name_or_path: Model = None,
+    num_train_epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    per_device_train_batch_size: BatchSize = None,
+    gradient_accumulation_steps: GradAccum = None,
+    learning_rate: LearningRate = None,
+    use_lora: UseLora = None,
+    load_in_8bit: Use8bit = None,
+    max_length: MaxLength = None,
+    lora_r: LoraR = None,
+    lora_alpha: LoraAlpha = None,
+    lora_vision_tower: LoraVision = None,
+    bf16: Bf16 = None,
+    eval_steps: EvalSteps = None,
+    save_steps: SaveSteps = None,
+    gradient_checkpointing: GradCkpt = None,
+    attn_implementation: AttnImpl = None,
+    seed: Seed = None,
+    set_fields: SetFields = None,
+) -> None:
+    """Train the student on a preset; flags override the preset (and --config), --resume continues a run."""
+    from .train import dry_run as plan, resolve_run, resume_run, train
+
+    overrides = _overrides(locals(), set_fields)
+    run_values = {"train_data": train_data, "image_dir": image_dir, "output_dir": output_dir, "val_data": val_data,
+                  "strict": strict or None, "skip_bad": skip_bad or None,
+                  "allow_absolute_paths": allow_absolute_paths or None, "report_to": _report_to(tensorboard, wandb)}
+    if resume is not None:
+        if preset or config:
+            raise DocvalError("--resume continues a saved run: drop --preset/--config (the run's own are used)")
+        run, checkpoint = resume_run(resume, overrides, run_values)
+        if output_dir is not None and output_dir.resolve() != run.output_dir.resolve():
+            raise DocvalError(f"--output-dir {output_dir} differs from the resumed run's directory {run.output_dir}")
+    else:
+        run, checkpoint = resolve_run(preset, config_file=config, overrides=overrides, run_values=run_values), None
+    if dry_run:
+        _print_plan(plan(run, show_progress=not as_json), as_json)
+        return
+    result = train(run, resume_from=checkpoint, overwrite=overwrite)
+    typer.echo(f"done: {result.global_step} steps; adapter and processor in {result.final_dir}; "
+               f"log in {run.output_dir / 'training.log'}")
+
+
+@command("resume")
+def resume_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (its latest checkpoint is used) or a checkpoint-N.")],
+    set_fields: SetFields = None,
+) -> None:
+    """Continue an interrupted run with the configuration saved in its training_config.json."""
+    from .train import resume_run, train
+
+    run, checkpoint = resume_run(run_dir, _overrides({}, set_fields))
+    typer.echo(f"resuming {run.output_dir} from {checkpoint.name}")
+    result = train(run, resume_from=checkpoint)
+    typer.echo(f"done: {result.global_step} steps; adapter and processor in {result.final_dir}")
+
+
+def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(plan, ensure_ascii=False, default=str))
+        return
+    import yaml
+    from rich.console import Console
+
+    from .console import print_validation_dict
+
+    console = Console()
+    console.rule(f"resolved configuration (preset {plan['base_preset']})")
+    console.print(yaml.safe_dump({"overrides": plan["overrides"], "preset": plan["preset"], "run": plan["run"]},
+                                 sort_keys=False), highlight=False, markup=False)
+    console.rule("SFTConfig / LoraConfig / BitsAndBytesConfig")
+    console.print(yaml.safe_dump({"sft_config": plan["sft_config"], "lora_config": plan["lora_config"],
+                                  "quantization_config": plan["quantization_config"]},
+                                 sort_keys=False, default_flow_style=None), highlight=False, markup=False)
+    print_validation_dict(plan["data"], console)
+    s = plan["step_plan"]
+    console.rule("step plan")
+    console.print(f"{s['n_records']} training records, {s['world_size']} process(es), {s['samples_per_step']} samples "
+                  f"per optimizer step -> {s['steps_per_epoch']} steps per epoch, {s['total_steps']} steps in total")
+    for note in plan["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
 
 
 def main() -> None:

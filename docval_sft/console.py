@@ -13,7 +13,11 @@ MAX_LISTED_ISSUES = 40
 
 
 def print_validation(report: ValidationReport, console: Console) -> None:
-    data = report.to_dict()
+    print_validation_dict(report.to_dict(), console)
+
+
+def print_validation_dict(data: dict[str, Any], console: Console) -> None:
+    """Render ``ValidationReport.to_dict()`` (also embedded in the --dry-run plan)."""
     table = Table(title="Phase A data", show_lines=False)
     for col in ("split", "file", "records", "usable", "errors", "warnings", "per dataset", "steps (count: records)"):
         table.add_column(col, overflow="fold")
@@ -26,7 +30,7 @@ def print_validation(report: ValidationReport, console: Console) -> None:
 
     token_rows = [(name, s["tokens"]) for name, s in data["splits"].items() if "tokens" in s]
     if token_rows:
-        tokens = Table(title=f"Tokens per record (max_length {report.max_length})")
+        tokens = Table(title=f"Tokens per record (max_length {data['max_length']})")
         tokens.add_column("split")
         tokens.add_column("part")
         for key in ("p50", "p90", "p99", "max"):
@@ -36,17 +40,19 @@ def print_validation(report: ValidationReport, console: Console) -> None:
                 tokens.add_row(name, part, *(str(stats.get(k, "")) for k in ("p50", "p90", "p99", "max")))
         console.print(tokens)
 
-    issues = [i for s in report.splits for i in s.issues]
+    issues = data["issues"]
     for issue in issues[:MAX_LISTED_ISSUES]:
-        style = "red" if issue.severity == "error" else "yellow"
-        console.print(f"[{style}]{issue.severity}[/{style}] {issue}", markup=True, highlight=False, soft_wrap=True)
+        style = "red" if issue["severity"] == "error" else "yellow"
+        console.print(f"[{style}]{issue['severity']}[/{style}] ", end="")
+        console.print(issue["text"], markup=False, highlight=False, soft_wrap=True)
     if len(issues) > MAX_LISTED_ISSUES:
         console.print(f"... and {len(issues) - MAX_LISTED_ISSUES} more issues (--json lists them all)")
-    if report.skipped_file:
-        n = report.n_errors
-        console.print(f"[yellow]--skip-bad: {n} record error(s) skipped, reasons in {report.skipped_file}[/yellow]")
-    elif report.n_errors:
-        console.print(f"[red]{report.n_errors} error(s): fix the records above, or pass --skip-bad to skip "
+    n_errors = sum(1 for i in issues if i["severity"] == "error")
+    if data["skipped_file"]:
+        console.print(f"[yellow]--skip-bad: {n_errors} record error(s) skipped, reasons in "
+                      f"{data['skipped_file']}[/yellow]")
+    elif n_errors:
+        console.print(f"[red]{n_errors} error(s): fix the records above, or pass --skip-bad to skip "
                       "them with a written report.[/red]")
     else:
         console.print("[green]OK: every record is usable.[/green]")

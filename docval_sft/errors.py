@@ -60,4 +60,5 @@ class Issue:
             "code": self.code,
             "severity": self.severity,
             "message": self.message,
+            "text": str(self),
         }

@@ -126,15 +126,19 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, image_size: int = 64
     tok = processor.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = dict(
+        initializer_range=0.1,
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=hidden_size // 2,
         query_pre_attn_scalar=hidden_size // 2, sliding_window=512, max_position_embeddings=8192,
         pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"], eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
     )
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    vision = dict(initializer_range=0.1, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=image_size, patch_size=patch_size)
     config = Gemma3Config(
         text_config=text, vision_config=vision, mm_tokens_per_image=n_image_tokens,
+        # Gemma's 0.02 init gives a 64-wide model near-uniform logits that a LoRA barely moves in a CPU demo;
+        # 0.1 lets the demo's loss visibly fall (measured: 6.3 -> 3.9 in 64 steps, vs 6.2 -> 5.8 with 0.02).
+        initializer_range=0.1,
         boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
         image_token_index=ids["<image_soft_token>"],
     )

@@ -1,0 +1,95 @@
+"""Trainer callbacks: the guide's ``training.log`` and a rich progress bar. Both act on the main process only."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+# Throughput and bookkeeping values that would drown the eval lines of training.log.
+_UNLOGGED_SUFFIXES = ("_runtime", "_per_second", "_num_tokens", "_entropy")
+
+
+class TrainingLogCallback(TrainerCallback):
+    """Appends the guide's lines to ``OUTPUT/training.log``: ``Step 10: loss = 2.3456``, ``Step 100: eval_loss = ...``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _write(self, line: str) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            start = f"from step {state.global_step}" if state.global_step else "from scratch"
+            self._write(f"# training {start}, {state.max_steps} steps, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        step = state.global_step
+        if "loss" in logs:
+            lr = logs.get("learning_rate")
+            self._write(f"Step {step}: loss = {logs['loss']:.4f}" + (f", lr = {lr:.3e}" if lr is not None else ""))
+        for key, value in logs.items():
+            if key.startswith("eval_") and isinstance(value, float) and not key.endswith(_UNLOGGED_SUFFIXES):
+                self._write(f"Step {step}: {key} = {value:.4f}")
+        if "train_runtime" in logs:
+            self._write(f"Step {step}: train_runtime = {logs['train_runtime']:.1f}s, "
+                        f"train_loss = {logs.get('train_loss', float('nan')):.4f}")
+
+
+class RichProgressCallback(TrainerCallback):
+    """A rich progress bar showing step, loss, learning rate and samples/s (replaces tqdm)."""
+
+    def __init__(self, samples_per_step: int, enabled: bool = True) -> None:
+        self.samples_per_step = samples_per_step
+        self.enabled = enabled
+        self.progress: Any = None
+        self.task: Any = None
+        self.start_step = 0
+        self.start_time = 0.0
+        self.fields = {"loss": "-", "lr": "-", "sps": "-"}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not (self.enabled and state.is_world_process_zero):
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[sps]} samples/s"),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, **self.fields)
+        self.start_step, self.start_time = state.global_step, time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress is None:
+            return
+        elapsed = time.perf_counter() - self.start_time
+        done = state.global_step - self.start_step
+        if elapsed > 0 and done:
+            self.fields["sps"] = f"{done * self.samples_per_step / elapsed:.2f}"
+        self.progress.update(self.task, completed=state.global_step, **self.fields)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:
+            self.fields["loss"] = f"{logs['loss']:.4f}"
+        if "learning_rate" in logs:
+            self.fields["lr"] = f"{logs['learning_rate']:.2e}"
+        if "eval_loss" in logs:
+            self.progress.console.print(f"step {state.global_step}: eval_loss = {logs['eval_loss']:.4f}")
+        self.progress.update(self.task, **self.fields)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,193 @@
+"""Hardware presets: frozen dataclasses in a registry. Field names are spelled as in TRL's ``SFTConfig`` and
+PEFT's ``LoraConfig`` so a preset reads like the configs it becomes (see ``build.py``).
+
+Defaults that differ from TRL/transformers, and why:
+
+- ``learning_rate=2e-5`` (TRL: 2e-5 too, transformers: 5e-5), ``gradient_accumulation_steps=16``,
+  ``per_device_train_batch_size=1`` (TRL: 8): the Phase B1 guide's effective batch of 16 with one 12B sample
+  per device.
+- ``max_length=8192`` (TRL: 1024): a Gemma 3 sample is 256 image tokens + prompt + a long CoT. Unlike TRL's
+  ``max_length`` it never truncates: longer records are reported before training (see ``validate.py``).
+- ``lr_scheduler_type="cosine"``, ``warmup_ratio=0.1``, ``weight_decay=0.01`` (TRL: linear, 0, 0): the guide's.
+- ``lora_dropout=0.05``, ``lora_r=32``, ``lora_alpha=64`` (PEFT: 0.0, 8, 8): the guide's.
+- LoRA adapts the **language model only** (``lora_vision_tower=False``): the original's ``q_proj, k_proj, ...``
+  names also matched the SigLIP vision tower by accident, a silent ~20% compute cost for little benefit when
+  the vision encoder is already strong at documents. ``lora_vision_tower=True`` adds the vision tower's
+  attention and MLP projections.
+- ``eval_steps=save_steps=100``, ``save_total_limit=3``, best model on ``eval_loss``, early stopping after 3
+  evaluations without improvement: what the guide promised and the original never did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from .errors import DocvalError
+
+GEMMA3_12B = "google/gemma-3-12b-it"
+DEMO_MODEL_DIR = "demo-out/tiny-gemma3"
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors dataclasses' metadata={"help": ...} convention
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that decides how a run trains. Each field has help text (shown by ``presets show``)."""
+
+    name: str = _f("custom", "Preset name.")
+    description: str = _f("", "One line on what the preset is for.")
+    # --- model
+    model_name_or_path: str = _f(GEMMA3_12B, "Base model id or local directory.")
+    dtype: Literal["bfloat16", "float16", "float32"] = _f("bfloat16", "Dtype of the loaded base weights.")
+    attn_implementation: str = _f("sdpa", "Attention kernel: sdpa (verified to keep image tokens bidirectional), eager, flash_attention_2.")
+    load_in_8bit: bool = _f(False, "Load the base in 8-bit (bitsandbytes) and prepare it for k-bit training.")
+    load_in_4bit: bool = _f(False, "Load the base in 4-bit NF4 (QLoRA).")
+    # --- LoRA (PEFT)
+    use_lora: bool = _f(True, "Train a LoRA adapter; False trains every weight (full fine-tuning).")
+    lora_r: int = _f(32, "LoRA rank: adapter capacity and size grow linearly with it.")
+    lora_alpha: int = _f(64, "LoRA scaling numerator (effective scale = lora_alpha / lora_r).")
+    lora_dropout: float = _f(0.05, "Dropout on the adapter input; 0 is slightly faster.")
+    lora_target_modules: tuple[str, ...] = _f(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        "Linear layers of the language model that get an adapter.")
+    lora_vision_tower: bool = _f(False, "Also adapt the vision tower (attention + MLP); costs ~20% more compute.")
+    # --- optimisation (SFTConfig / TrainingArguments)
+    num_train_epochs: float = _f(3.0, "Passes over the training data.")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use num_train_epochs).")
+    per_device_train_batch_size: int = _f(1, "Samples per device per forward pass.")
+    per_device_eval_batch_size: int = _f(1, "Samples per device per evaluation forward pass.")
+    gradient_accumulation_steps: int = _f(16, "Forward passes per optimizer step (effective batch = batch x this x devices).")
+    learning_rate: float = _f(2e-5, "Peak learning rate.")
+    lr_scheduler_type: str = _f("cosine", "Learning-rate schedule after warmup.")
+    warmup_ratio: float = _f(0.1, "Fraction of the optimizer steps spent warming up linearly.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    optim: str = _f("adamw_torch", "Optimizer (transformers name).")
+    bf16: bool = _f(True, "bf16 mixed precision (Ampere or newer GPUs).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in backward: ~30% less memory, ~20% slower.")
+    max_length: int = _f(8192, "Longest record in tokens; longer records are reported, never truncated.")
+    seed: int = _f(42, "Seed for adapter init, data order and dropout.")
+    use_cpu: bool = _f(False, "Train on the CPU even if a GPU is present.")
+    dataloader_num_workers: int = _f(0, "Worker processes decoding images for the training batches.")
+    # --- logging, evaluation, checkpoints
+    logging_steps: int = _f(10, "Log loss every N optimizer steps (console, training.log).")
+    eval_steps: int = _f(100, "Evaluate on the validation data every N steps.")
+    save_steps: int = _f(100, "Write OUTPUT/checkpoint-N every N steps (a multiple of eval_steps keeps the best).")
+    save_total_limit: int = _f(3, "Checkpoints kept on disk (the best one is always kept).")
+    load_best_model_at_end: bool = _f(True, "final/ holds the checkpoint with the best metric_for_best_model.")
+    metric_for_best_model: str = _f("eval_loss", "Metric that picks the best checkpoint.")
+    early_stopping_patience: int = _f(3, "Stop after N evaluations without improvement (0: never).")
+
+    def with_overrides(self, overrides: dict[str, Any], *, source: str = "override") -> Preset:
+        """A copy with ``overrides`` applied; unknown fields or wrong types are a DocvalError naming the field."""
+        return dataclasses.replace(self, **coerce_fields(overrides, source=source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+PRESETS: dict[str, Preset] = {
+    "a100": Preset(
+        name="a100",
+        description="The Phase B1 guide's defaults: Gemma 3 12B, bf16, LoRA r32 on the language model, one A100/H100 80 GB.",
+    ),
+    "3090-8bit": Preset(
+        name="3090-8bit",
+        description="a100 with the base in 8-bit (bitsandbytes) + k-bit preparation, sized for a 24 GB card.",
+        # int8 weights halve the base's memory (~13 GB for 12B); the other knobs stay the guide's so runs compare.
+        # Its measured peak memory is in docs/performance.md once a GPU run has filled it in.
+        load_in_8bit=True,
+    ),
+    "full-ft": Preset(
+        name="full-ft",
+        description="Full fine-tuning (no LoRA), lr 1e-5, effective batch 32: needs an H200 or FSDP across GPUs.",
+        use_lora=False, learning_rate=1e-5, gradient_accumulation_steps=32,
+        optim="adamw_torch_fused",
+    ),
+    "demo": Preset(
+        name="demo",
+        description="CPU smoke run: the tiny local Gemma-3-shaped model of `make-demo-data` on the demo records.",
+        model_name_or_path=DEMO_MODEL_DIR, dtype="float32", use_cpu=True, bf16=False,
+        gradient_checkpointing=False,  # tiny activations: recomputing them only costs time
+        lora_r=16, lora_alpha=32, lora_dropout=0.0,
+        # a random tiny model needs a large step size to visibly learn the target layout in a few dozen steps
+        learning_rate=1e-2, warmup_ratio=0.05, num_train_epochs=4.0,
+        per_device_train_batch_size=4, per_device_eval_batch_size=4, gradient_accumulation_steps=1,
+        max_length=1024, logging_steps=5, eval_steps=16, save_steps=16, save_total_limit=2,
+        early_stopping_patience=0,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise DocvalError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------- typed coercion of overrides (YAML, --set)
+
+_FIELD_TYPES = typing.get_type_hints(Preset)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    hint = _FIELD_TYPES[name]
+    origin = typing.get_origin(hint)
+
+    def fail(expected: str) -> DocvalError:
+        return DocvalError(f"{source}: field '{name}' expects {expected}, got {value!r}")
+
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise fail("one of " + ", ".join(map(str, typing.get_args(hint))))
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise fail("a list of names")
+        return tuple(value)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise fail(hint.__name__)
+        try:
+            number = hint(value) if isinstance(value, str) else value
+        except ValueError:
+            raise fail(hint.__name__) from None
+        if hint is int and (not isinstance(number, int) and not (isinstance(number, float) and number.is_integer())):
+            raise fail("an integer")
+        if not isinstance(number, (int, float)):
+            raise fail(hint.__name__)
+        return hint(number)
+    if hint is str or isinstance(hint, types.UnionType):
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    return value
+
+
+def coerce_fields(values: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Check names and coerce types of preset overrides; errors name the source and the field."""
+    out = {}
+    for name, value in values.items():
+        if name not in _FIELD_TYPES:
+            raise DocvalError(f"{source}: unknown preset field '{name}'; see `docval-sft presets show a100`")
+        out[name] = _coerce(name, value, source)
+    return out
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in fields(Preset)}

@@ -1,0 +1,372 @@
+"""Train the student: resolve the run, validate the data, write the output layout, run SFTTrainer, save final/.
+
+Output layout (the Phase B1 guide's)::
+
+    OUTPUT/training_config.json   written at the START: preset, overrides, data hashes, library versions
+    OUTPUT/training.log           "Step 10: loss = ..." / "Step 100: eval_loss = ..."
+    OUTPUT/checkpoint-N/          resumable Trainer checkpoints
+    OUTPUT/final/                 the adapter (or full model) + processor files
+    OUTPUT/runs/                  TensorBoard logs (--tensorboard)
+    OUTPUT/skipped.jsonl          records skipped by --skip-bad, with reasons
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import platform
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DocvalError
+from .presets import Preset, coerce_fields, get_preset
+
+CONFIG_FILE = "training_config.json"
+LOG_FILE = "training.log"
+FINAL_DIR = "final"
+SKIPPED_FILE = "skipped.jsonl"
+REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # report_to name -> module that must be importable
+_ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, SKIPPED_FILE, "runs")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A fully resolved run: the preset (after overrides) plus the data and output locations."""
+
+    preset: Preset
+    train_data: Path
+    image_dir: Path
+    output_dir: Path
+    val_data: Path | None = None
+    strict: bool = False
+    skip_bad: bool = False
+    allow_absolute_paths: bool = False
+    report_to: tuple[str, ...] = ()
+    base_preset: str = "a100"  # the named preset the overrides apply to
+
+    def overrides(self) -> dict[str, Any]:
+        """Fields that differ from the named base preset."""
+        base = get_preset(self.base_preset).to_dict()
+        return {k: v for k, v in self.preset.to_dict().items() if base.get(k) != v and k not in ("name",)}
+
+    def run_fields(self) -> dict[str, Any]:
+        return {
+            "train_data": str(self.train_data), "val_data": str(self.val_data) if self.val_data else None,
+            "image_dir": str(self.image_dir), "output_dir": str(self.output_dir), "strict": self.strict,
+            "skip_bad": self.skip_bad, "allow_absolute_paths": self.allow_absolute_paths,
+            "report_to": list(self.report_to),
+        }
+
+
+RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"preset", "base_preset"}
+
+
+def resolve_run(
+    preset_name: str | None,
+    *,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_values: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Preset < YAML file < flags. ``overrides`` are preset fields, ``run_values`` data/output locations."""
+    yaml_values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
+    name = preset_name or yaml_values.pop("preset", None) or "a100"
+    yaml_values.pop("preset", None)
+    yaml_run = {k: yaml_values.pop(k) for k in list(yaml_values) if k in RUN_FIELDS}
+    preset = get_preset(name).with_overrides(yaml_values, source=str(config_file))
+    preset = preset.with_overrides(overrides or {}, source="command line")
+    values = {**yaml_run, **{k: v for k, v in (run_values or {}).items() if v is not None}}
+    for required in ("train_data", "image_dir", "output_dir"):
+        if not values.get(required):
+            raise DocvalError(f"--{required.replace('_', '-')} is required (as a flag or in --config)")
+    paths = {k: Path(values[k]) for k in ("train_data", "image_dir", "output_dir", "val_data") if values.get(k)}
+    report_to = tuple(values.get("report_to") or ())
+    return RunConfig(
+        preset=preset, val_data=paths.get("val_data"), strict=bool(values.get("strict")),
+        skip_bad=bool(values.get("skip_bad")), allow_absolute_paths=bool(values.get("allow_absolute_paths")),
+        report_to=report_to, base_preset=name, train_data=paths["train_data"], image_dir=paths["image_dir"],
+        output_dir=paths["output_dir"],
+    )
+
+
+def load_yaml_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DocvalError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise DocvalError(f"{path}: malformed YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DocvalError(f"{path}: expected a mapping of preset fields, got {type(data).__name__}")
+    unknown = [k for k in data if k not in RUN_FIELDS and k != "preset" and k not in Preset.__dataclass_fields__]
+    if unknown:
+        raise DocvalError(f"{path}: unknown key '{unknown[0]}'; keys are preset fields (see `docval-sft presets show "
+                          "a100`) or train_data, val_data, image_dir, output_dir, strict, skip_bad")
+    return dict(data)
+
+
+# ---------------------------------------------------------------- training_config.json and resume
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("docval-sft", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_run_config(output_dir: Path) -> dict[str, Any]:
+    path = output_dir / CONFIG_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DocvalError(f"{path} not found: {output_dir} is not a docval-sft run directory") from None
+    except json.JSONDecodeError as exc:
+        raise DocvalError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from exc
+
+
+def run_from_saved(saved: dict[str, Any], output_dir: Path) -> RunConfig:
+    run = saved["run"]
+    preset = Preset(**coerce_fields(saved["preset"], source=str(output_dir / CONFIG_FILE)))
+    return RunConfig(
+        preset=preset, train_data=Path(run["train_data"]), image_dir=Path(run["image_dir"]), output_dir=output_dir,
+        val_data=Path(run["val_data"]) if run.get("val_data") else None, strict=run.get("strict", False),
+        skip_bad=run.get("skip_bad", False), allow_absolute_paths=run.get("allow_absolute_paths", False),
+        report_to=tuple(run.get("report_to", ())), base_preset=saved.get("base_preset", "a100"),
+    )
+
+
+def latest_checkpoint(output_dir: Path) -> Path:
+    steps = sorted((int(m.group(1)), p) for p in output_dir.glob("checkpoint-*")
+                   if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
+    if not steps:
+        raise DocvalError(f"{output_dir} has no checkpoint-N folder to resume from")
+    return steps[-1][1]
+
+
+def check_resume_conflicts(saved: RunConfig, overrides: dict[str, Any], run_values: dict[str, Any]) -> None:
+    """A resumed run continues unchanged: an override that differs from the saved configuration is an error."""
+    checked = coerce_fields(overrides, source="command line")
+    for name, value in checked.items():
+        if getattr(saved.preset, name) != value:
+            raise DocvalError(f"field '{name}': the run was started with {getattr(saved.preset, name)!r}, the "
+                              f"override says {value!r}; a resume continues the saved run unchanged (start a new "
+                              "run in another --output-dir to change it)")
+    saved_run = saved.run_fields()
+    for name, value in run_values.items():
+        if value is None or name == "output_dir":
+            continue
+        old = saved_run.get(name)
+        new = str(value) if isinstance(value, Path) else (list(value) if isinstance(value, tuple) else value)
+        if old != new:
+            raise DocvalError(f"field '{name}': the run was started with {old!r}, the override says {new!r}; "
+                              "a resume continues the saved run unchanged")
+
+
+def resume_run(target: Path, overrides: dict[str, Any] | None = None,
+               run_values: dict[str, Any] | None = None) -> tuple[RunConfig, Path]:
+    """``target`` is a run directory (latest checkpoint) or a checkpoint-N folder inside one."""
+    if not target.exists():
+        raise DocvalError(f"{target}: no such run directory or checkpoint")
+    if _CHECKPOINT.match(target.name):
+        if not (target / "trainer_state.json").is_file():
+            raise DocvalError(f"{target}: not a complete checkpoint (no trainer_state.json)")
+        checkpoint, output_dir = target, target.parent
+    else:
+        output_dir = target
+        checkpoint = latest_checkpoint(output_dir)
+    saved = run_from_saved(read_run_config(output_dir), output_dir)
+    check_resume_conflicts(saved, overrides or {}, run_values or {})
+    return saved, checkpoint
+
+
+# ---------------------------------------------------------------- the run
+
+
+def prepare_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DocvalError(f"--output-dir {output_dir} is a file; choose a directory")
+    if resume:
+        return
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise DocvalError(f"--output-dir {output_dir} is not empty; pass --resume to continue the run in it, "
+                              "--overwrite to replace it, or choose another directory")
+        for child in output_dir.iterdir():
+            if child.name in _ARTIFACTS or _CHECKPOINT.match(child.name):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def check_reporters(report_to: tuple[str, ...]) -> None:
+    import importlib.util
+
+    for name in report_to:
+        module = REPORTERS.get(name)
+        if module is None:
+            raise DocvalError(f"unknown report target {name!r}; use --tensorboard or --wandb")
+        if importlib.util.find_spec(module) is None:
+            raise DocvalError(f"--{name} needs the {module} package: pip install 'docval-sft[{name}]'")
+
+
+@dataclass
+class PreparedData:
+    train: Any  # validate.SplitData
+    val: Any | None
+    skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_data(run: RunConfig, processor: Any, *, show_progress: bool = False,
+                 skipped_file: Path | None = None) -> PreparedData:
+    """Validate and measure the run's data with the model's processor; errors stop the run unless --skip-bad."""
+    from .validate import validate_data
+
+    report = validate_data(
+        run.train_data, run.image_dir, val_data=run.val_data, processor=processor,
+        max_length=run.preset.max_length, strict=run.strict, skip_bad=run.skip_bad,
+        skipped_file=skipped_file, allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
+    )
+    if not report.ok:
+        first = next(i for s in report.splits for i in s.errors)
+        raise DocvalError(f"{report.n_errors} record error(s), first: {first}. List them all with "
+                          "`docval-sft validate-data`, or pass --skip-bad to skip them with a written report")
+    train, val = report.splits[0], (report.splits[1] if len(report.splits) > 1 else None)
+    if not train.records:
+        raise DocvalError(f"{run.train_data}: no usable training record")
+    if val is not None and not val.records:
+        raise DocvalError(f"{run.val_data}: no usable validation record")
+    return PreparedData(train, val, skipped=report.n_errors if run.skip_bad else 0)
+
+
+def config_document(run: RunConfig, data: PreparedData, plan: Any) -> dict[str, Any]:
+    def data_entry(split: Any) -> dict[str, Any]:
+        return {"path": str(split.file), "sha256": file_sha256(split.file), "records": split.n_total,
+                "usable": len(split.records)}
+
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": sys.argv,
+        "base_preset": run.base_preset,
+        "overrides": run.overrides(),
+        "preset": run.preset.to_dict(),
+        "run": run.run_fields(),
+        "data": {"train": data_entry(data.train), **({"val": data_entry(data.val)} if data.val else {})},
+        "step_plan": plan.to_dict(),
+        "versions": library_versions(),
+    }
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    global_step: int
+    log_history: list[dict[str, Any]]
+
+
+def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = False,
+          show_progress: bool = True) -> TrainResult:
+    """Run (or resume) training end to end and return where the result is."""
+    from .build import build_trainer, load_model, load_processor, step_plan
+    from .callbacks import RichProgressCallback, TrainingLogCallback
+    from .convert import to_dataset
+
+    check_reporters(run.report_to)
+    out = run.output_dir
+    prepare_output_dir(out, resume=resume_from is not None, overwrite=overwrite)
+    processor = load_processor(run.preset)
+    data = prepare_data(run, processor, show_progress=show_progress, skipped_file=out / SKIPPED_FILE)
+    plan = step_plan(run.preset, len(data.train.records))
+    if resume_from is None:
+        write_json_atomic(out / CONFIG_FILE, config_document(run, data, plan))
+
+    from accelerate import PartialState
+
+    train_ds = to_dataset(data.train.records, data.train.image_paths)
+    eval_ds = to_dataset(data.val.records, data.val.image_paths) if data.val else None
+    model = load_model(run.preset)
+    callbacks = [TrainingLogCallback(out / LOG_FILE),
+                 RichProgressCallback(plan.samples_per_step, enabled=show_progress)]
+    trainer = build_trainer(run.preset, model, processor, train_ds, eval_ds, str(out),
+                            report_to=list(run.report_to), callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    final = out / FINAL_DIR
+    trainer.save_model(str(final))
+    if PartialState().is_main_process:
+        processor.save_pretrained(str(final))
+    return TrainResult(out, final, trainer.state.global_step, list(trainer.state.log_history))
+
+
+def dry_run(run: RunConfig, *, show_progress: bool = False) -> dict[str, Any]:
+    """Everything ``train`` would do up to loading weights: resolved configs, data validation and the step plan.
+
+    Token lengths are checked when the model's processor can be loaded (a local directory, the hub, or its
+    cache); otherwise the report says they were not checked.
+    """
+    from .build import build_lora_config, build_quantization_config, sft_config_kwargs, step_plan
+    from .validate import validate_data
+
+    check_reporters(run.report_to)
+    notes: list[str] = []
+    processor = None
+    try:
+        from .build import load_processor
+
+        processor = load_processor(run.preset)
+    except DocvalError as exc:
+        notes.append(f"token lengths not checked: {exc}")
+    report = validate_data(
+        run.train_data, run.image_dir, val_data=run.val_data, processor=processor,
+        max_length=run.preset.max_length if processor is not None else None, strict=run.strict,
+        skip_bad=False, allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
+    )
+    usable = len(report.splits[0].records)
+    if run.skip_bad and report.n_errors:
+        notes.append(f"--skip-bad: {report.n_errors} record error(s) would be skipped")
+    lora = build_lora_config(run.preset)
+    quantization = build_quantization_config(run.preset)
+    has_eval = len(report.splits) > 1
+    return {
+        "ok": report.ok or run.skip_bad,
+        "base_preset": run.base_preset,
+        "overrides": run.overrides(),
+        "preset": run.preset.to_dict(),
+        "run": run.run_fields(),
+        "sft_config": sft_config_kwargs(run.preset, str(run.output_dir), has_eval=has_eval,
+                                        report_to=list(run.report_to)),
+        "lora_config": lora.to_dict() if lora is not None else None,
+        "quantization_config": quantization.to_dict() if quantization is not None else None,
+        "data": report.to_dict(),
+        "step_plan": step_plan(run.preset, usable).to_dict(),
+        "notes": notes,
+    }

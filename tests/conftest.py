@@ -1,0 +1,34 @@
+"""Shared fixtures: the demo dataset and the tiny model, built once per test session (no network needed)."""
+
+from __future__ import annotations
+
+import os
+
+# Never wait on the hub: a model id that is not a local directory must fail at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    """Demo documents + records (64/16/16) and the tiny Gemma 3 model."""
+    from docval_sft.demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("demo"), n_train=64, n_val=16, n_test=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(demo) -> Path:
+    return demo.model_dir
+
+
+@pytest.fixture(scope="session")
+def processor(tiny_model_dir: Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)

@@ -1,0 +1,165 @@
+"""Record loading and validation: every error path names file, record, line, image_id and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from docval_sft.errors import DocvalError
+from docval_sft.records import load_records
+
+GOOD = {
+    "image_id": "cord_00001",
+    "image_file": "receipt_00001.png",
+    "question": "What is the total amount?",
+    "cot_steps": [f"step text {i}" for i in range(1, 8)],
+    "answer_pred": "12.50",
+    "bbox_pred": [542.0, 876.0, 618.0, 904.0],
+    "dataset": "CORD",
+    "answer_gt": "",
+    "bbox_gt": None,
+    "regions": [{"id": 0, "bbox": [1, 2, 3, 4], "text": "TOTAL", "confidence": 0.9}],
+    "val_scores": {"anls": 1.0},
+    "val_accept": True,
+    "some_future_field": {"tolerated": True},
+}
+
+
+def write(tmp_path: Path, records: list, name: str = "data.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def one_issue(tmp_path: Path, change: dict, drop: tuple[str, ...] = (), strict: bool = False):
+    record = {k: v for k, v in {**GOOD, "image_id": "cord_00002", **change}.items() if k not in drop}
+    result = load_records(write(tmp_path, [GOOD, record]), strict=strict)
+    assert len(result.issues) == 1, [str(i) for i in result.issues]
+    return result, result.issues[0]
+
+
+def test_good_record_loads_with_unknown_fields(tmp_path: Path) -> None:
+    result = load_records(write(tmp_path, [GOOD]))
+    assert result.issues == []
+    (rec,) = result.records
+    assert rec.cot_steps == tuple(f"step text {i}" for i in range(1, 8))
+    assert rec.bbox_pred == (542.0, 876.0, 618.0, 904.0)
+    assert rec.prefix == "cord"
+
+
+def test_jsonl_reports_line_numbers(tmp_path: Path) -> None:
+    bad = {**GOOD, "question": ""}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    result = load_records(path)
+    (issue,) = result.errors
+    assert issue.location.index == 1 and issue.location.line == 3
+    assert str(issue) == f"{path}: record 1 (line 3) [image_id=cord_00001]: field 'question': must not be empty"
+
+
+
+@pytest.mark.parametrize(
+    ("change", "drop", "field", "code", "needle"),
+    [
+        ({"bbox_pred": [1, 2, 3]}, (), "bbox_pred", "bad_bbox", "expected 4 numbers"),
+        ({"bbox_pred": [10, 2, 3, 40]}, (), "bbox_pred", "bad_bbox", "x1 < x2"),
+        ({"bbox_pred": [-1, 2, 3, 40]}, (), "bbox_pred", "bad_bbox", "non-negative"),
+        ({"bbox_pred": [1, 2, float("nan"), 40]}, (), "bbox_pred", "bad_bbox", "finite"),
+        ({"bbox_pred": [1, 2, "3", 40]}, (), "bbox_pred", "bad_bbox", "expected 4 numbers"),
+        ({"bbox_pred": "1,2,3,4"}, (), "bbox_pred", "bad_bbox", "got str"),
+        ({}, ("bbox_pred",), "bbox_pred", "missing_field", "missing"),
+        ({}, ("answer_pred",), "answer_pred", "missing_field", "missing"),
+        ({"answer_pred": 12.5}, (), "answer_pred", "wrong_type", "expected a string, got float"),
+        ({"answer_pred": "12\n50"}, (), "answer_pred", "multiline", "line break"),
+        ({"question": "   "}, (), "question", "empty", "must not be empty"),
+        ({"cot_steps": "one long string"}, (), "cot_steps", "wrong_type", "expected a list of strings"),
+        ({"cot_steps": []}, (), "cot_steps", "no_steps", "has no steps"),
+        ({"cot_steps": ["a", "", "c", "d", "e", "f", "g"]}, (), "cot_steps", "empty_step", "step 2 is empty"),
+        ({"cot_steps": ["a", "b\nc", "d", "e", "f", "g", "h"]}, (), "cot_steps", "multiline", "step 2"),
+        ({"image_file": "../../etc/passwd"}, (), "image_file", "not_a_file_name", "bare file name"),
+        ({"image_id": 7}, (), "image_id", "wrong_type", "expected a string, got int"),
+        ({"answer_gt": 3}, (), "answer_gt", "wrong_type", "expected a string"),
+        ({"bbox_gt": [5, 5, 1, 1]}, (), "bbox_gt", "bad_bbox", "x1 < x2"),
+    ],
+)
+def test_field_errors(tmp_path: Path, change: dict, drop: tuple, field: str, code: str, needle: str) -> None:
+    result, issue = one_issue(tmp_path, change, drop)
+    assert (issue.field, issue.code, issue.severity) == (field, code, "error")
+    assert needle in issue.message
+    assert issue.location.index == 1 and issue.location.file.name == "data.json"
+    assert f"record 1" in str(issue) and f"field '{field}'" in str(issue)
+    assert len(result.records) == 1  # the bad record is excluded, the good one kept
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "code"),
+    [
+        ({"cot_steps": ["a", "b", "c", "d", "e", "f"]}, "cot_steps", "step_count"),
+        ({"cot_steps": [f"s{i}" for i in range(12)]}, "cot_steps", "step_count"),
+        ({"answer_pred": "N/A"}, "answer_pred", "failed_answer"),
+        ({"answer_pred": ""}, "answer_pred", "failed_answer"),
+        ({"bbox_pred": [0, 0, 100, 100]}, "bbox_pred", "fallback_bbox"),
+    ],
+)
+def test_policy_warning_by_default_error_when_strict(tmp_path: Path, change: dict, field: str, code: str) -> None:
+    result, issue = one_issue(tmp_path, change)
+    assert (issue.field, issue.code, issue.severity) == (field, code, "warning")
+    assert "--strict rejects it" in issue.message and len(result.records) == 2
+    result, issue = one_issue(tmp_path, change, strict=True)
+    assert (issue.field, issue.code, issue.severity) == (field, code, "error")
+    assert len(result.records) == 1
+
+
+def test_step_prefix_is_stripped_never_doubled(tmp_path: Path) -> None:
+    steps = [f"Step {i}: look at line {i}" for i in range(1, 8)]
+    result = load_records(write(tmp_path, [{**GOOD, "cot_steps": steps}]))
+    assert result.issues == []
+    assert result.records[0].cot_steps[0] == "look at line 1"
+
+
+def test_teacher_fallback_record_reports_each_symptom(tmp_path: Path) -> None:
+    fallback = {**GOOD, "cot_steps": ["a", "b", "c", "d"], "answer_pred": "N/A", "bbox_pred": [0, 0, 100, 100]}
+    result = load_records(write(tmp_path, [fallback]))
+    assert sorted(i.code for i in result.warnings) == ["failed_answer", "fallback_bbox", "step_count"]
+    assert len(result.records) == 1
+    assert load_records(write(tmp_path, [fallback]), strict=True).records == []
+
+
+def test_duplicate_question_is_a_warning_but_same_page_other_question_is_fine(tmp_path: Path) -> None:
+    other = {**GOOD, "question": "What is the date?"}
+    result = load_records(write(tmp_path, [GOOD, other, GOOD]))
+    assert [(i.code, i.location.index) for i in result.issues] == [("duplicate", 2)]
+    assert "same image_id and question as record 0" in result.issues[0].message
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b'[{"image_id": "a",\n "question": }]', ":2:14: malformed JSON: Expecting value"),
+        (b'[{"image_id": "a"', ":1:18: malformed JSON"),
+        (b"", "the file is empty"),
+        (b"  \n", "the file is empty"),
+        (b"[]", "contains no records"),
+        (b'{"image_id": "a"}\n{"image_id": \n', ":2:14: malformed JSON Lines record 1"),
+        (b'[{"question": "caf\xe9"}]', "line 1: not UTF-8 text (byte 0xe9"),
+    ],
+)
+def test_file_level_errors(tmp_path: Path, content: bytes, needle: str) -> None:
+    path = tmp_path / "broken.json"
+    path.write_bytes(content)
+    with pytest.raises(DocvalError) as info:
+        load_records(path)
+    assert str(path) in str(info.value) and needle in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DocvalError, match="cannot read data file"):
+        load_records(tmp_path / "nope.json")
+
+
+def test_non_object_record(tmp_path: Path) -> None:
+    result = load_records(write(tmp_path, [GOOD, [1, 2]]))
+    (issue,) = result.errors
+    assert issue.code == "wrong_type" and "expected a JSON object, got list" in str(issue)
