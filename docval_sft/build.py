@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig
 
-# Vision-tower linear layers (SigLIP): attention and MLP projections.
+# Vision-tower linear layers (SigLIP encoder): attention and MLP projections. The SigLIP pooling head also has
+# out_proj/fc1/fc2 but Gemma 3 never runs it: adapters there would be dead weights (and unused DDP parameters).
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
@@ -32,7 +33,7 @@ def lora_target_regex(preset: Preset) -> str:
     language = rf".*language_model.*\.({'|'.join(preset.lora_target_modules)})"
     if not preset.lora_vision_tower:
         return language
-    return rf"{language}|.*vision_tower.*\.({'|'.join(VISION_TARGETS)})"
+    return rf"{language}|.*vision_tower.*\.encoder\..*\.({'|'.join(VISION_TARGETS)})"
 
 
 def build_lora_config(preset: Preset) -> LoraConfig | None:

@@ -150,15 +150,19 @@ def _presets_list(ctx: typer.Context) -> None:
     from .presets import PRESETS
 
     table = Table(title="docval-sft presets")
-    for col in ("name", "model", "LoRA", "quant", "batch x accum", "lr", "max_length", "description"):
-        table.add_column(col, overflow="fold")
+    for col in ("name", "model", "LoRA", "weights", "batch x accum", "lr", "max_length"):
+        table.add_column(col, overflow="fold", no_wrap=col == "name")
     for p in PRESETS.values():
         lora = f"r{p.lora_r}/a{p.lora_alpha}" + (" +vision" if p.lora_vision_tower else "") if p.use_lora else "full"
         quant = "8-bit" if p.load_in_8bit else "4-bit" if p.load_in_4bit else p.dtype
         table.add_row(p.name, p.model_name_or_path, lora, quant,
                       f"{p.per_device_train_batch_size} x {p.gradient_accumulation_steps}", f"{p.learning_rate:g}",
-                      str(p.max_length), p.description)
-    Console().print(table)
+                      str(p.max_length))
+    console = Console()
+    console.print(table)
+    for p in PRESETS.values():
+        console.print(f"[bold]{p.name}[/bold]: {p.description}", highlight=False)
+    console.print("Details: docval-sft presets show NAME [--yaml]")
 
 
 @command("show", app=presets_app)

@@ -32,3 +32,20 @@ def processor(tiny_model_dir: Path):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo preset trained end to end through the CLI (the README's `make demo`), on the tiny model."""
+    from typer.testing import CliRunner
+
+    from docval_sft.cli import app
+
+    out = tmp_path_factory.mktemp("run") / "student"
+    d = demo.data
+    result = CliRunner().invoke(app, [
+        "train", "--preset", "demo", "--model", str(demo.model_dir), "--train-data", str(d.train),
+        "--val-data", str(d.val), "--image-dir", str(d.image_dir), "--output-dir", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    return out
