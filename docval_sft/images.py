@@ -8,6 +8,8 @@ record-local path needs ``allow_absolute_paths``.
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,9 @@ class ImageInfo:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
+    """Lexical check (``..`` collapsed, symlinks NOT followed): a dataset folder linked in from another disk
+    is inside the root; ``../`` in a record is not."""
+    return Path(os.path.normpath(path.absolute())).is_relative_to(os.path.normpath(root.absolute()))
 
 
 def candidate_paths(record: PhaseARecord, image_root: Path, data_dir: Path,
@@ -61,8 +65,6 @@ def candidate_paths(record: PhaseARecord, image_root: Path, data_dir: Path,
             raise ImageProblem("path_escape", f"image path {local} leaves the data file's folder {data_dir}")
         return [data_dir / local]
     prefix = record.prefix
-    if prefix not in DATASET_DIRS and record.dataset:
-        prefix = record.dataset.lower()  # e.g. ids without a known prefix but with dataset="SROIE"
     dirs = list(DATASET_DIRS.get(prefix, ()))
     name = DATASET_NAMES.get(prefix, record.dataset or "")
     places = [image_root / d / record.image_file for d in dirs] + [image_root / record.image_file]
@@ -89,10 +91,13 @@ def resolve_image(record: PhaseARecord, image_root: Path, data_dir: Path,
 def check_image(path: Path) -> ImageInfo:
     """Fully decode the image once (catches truncation) and return its size; the pixels are not kept."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return ImageInfo(path, img.width, img.height, img.mode)
-    except Image.DecompressionBombError as exc:
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x MAX_IMAGE_PIXELS; such an image is as unusable for training.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return ImageInfo(path, img.width, img.height, img.mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageProblem("image_too_large", f"{path}: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageProblem("not_an_image", f"{path}: not a readable image file") from exc

@@ -21,6 +21,8 @@ from .errors import DocvalError, Issue, Location
 from .format import strip_step_prefix
 
 EXPECTED_STEPS = 7
+# image_id prefixes of the released DocVAL data; each has its own image folder (see images.py).
+DATASET_PREFIXES = ("cord", "docvqa", "funsd", "sroie", "visualmrc")
 FALLBACK_BOX = (0, 0, 100, 100)
 FAILED_ANSWERS = {"", "n/a"}
 
@@ -43,9 +45,12 @@ class PhaseARecord:
 
     @property
     def prefix(self) -> str:
-        """Dataset prefix of the image_id (``cord_00000`` -> ``cord``), else the lower-cased dataset field."""
-        head, sep, _ = self.image_id.partition("_")
-        return head.lower() if sep else (self.dataset or "").lower()
+        """Dataset key: the image_id prefix (``cord_00000`` -> ``cord``) when it is a known dataset, else the
+        lower-cased ``dataset`` field, else the raw prefix. Used for image folders and per-dataset reports."""
+        head = self.image_id.partition("_")[0].lower()
+        if head in DATASET_PREFIXES:
+            return head
+        return (self.dataset or "").lower() or head
 
 
 @dataclass

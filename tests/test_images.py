@@ -130,11 +130,6 @@ def test_unknown_dataset_field_cannot_leave_root(layout: tuple[Path, Path, Path]
     assert info.value.code == "path_escape"
 
 
-@pytest.mark.xfail(
-    reason="images.py candidate_paths/_inside resolve symlinks, so a dataset folder symlinked into the image "
-           "root (root/CORD -> /data/CORD) is reported as path_escape although the path is inside the root",
-    strict=True,
-)
 def test_symlinked_dataset_folder_resolves(tmp_path: Path) -> None:
     """A user-made symlink for a dataset folder under the image root is a normal layout, not an escape."""
     root, elsewhere = tmp_path / "images", tmp_path / "disk" / "CORD"

@@ -163,3 +163,10 @@ def test_non_object_record(tmp_path: Path) -> None:
     result = load_records(write(tmp_path, [GOOD, [1, 2]]))
     (issue,) = result.errors
     assert issue.code == "wrong_type" and "expected a JSON object, got list" in str(issue)
+
+
+def test_dataset_key_uses_known_prefix_then_dataset_field(tmp_path: Path) -> None:
+    rows = [GOOD, {**GOOD, "image_id": "bad_fallback", "dataset": "SROIE"}, {**GOOD, "image_id": "page17"}]
+    rows[2] = {k: v for k, v in rows[2].items() if k != "dataset"}
+    prefixes = [r.prefix for r in load_records(write(tmp_path, rows)).records]
+    assert prefixes == ["cord", "sroie", "page17"]
