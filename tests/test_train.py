@@ -152,3 +152,18 @@ def test_missing_reporter_package_is_a_clear_error(demo, tmp_path: Path) -> None
         pytest.skip("wandb is installed here")
     result = runner.invoke(app, base_args(demo, tmp_path / "wb", "--wandb", "--max-steps", "1"))
     assert result.exit_code == 2 and "--wandb needs the wandb package" in result.output
+
+
+def test_tensorboard_logs_and_early_stopping_are_wired(demo, tmp_path: Path) -> None:
+    out = tmp_path / "tb"
+    result = runner.invoke(app, base_args(
+        demo, out, "--val-data", str(demo.data.val), "--max-steps", "4", "--eval-steps", "2", "--save-steps", "2",
+        "--set", "early_stopping_patience=1", "--tensorboard"))
+    assert result.exit_code == 0, result.output
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard event file under OUTPUT/runs/"
+    log = (out / "training.log").read_text()
+    assert re.search(r"^Step 2: eval_loss = ", log, re.M) and re.search(r"^Step 4: eval_loss = ", log, re.M)
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["best_metric"] == min(h["eval_loss"] for h in state["log_history"] if "eval_loss" in h)
+    callbacks = state["stateful_callbacks"]
+    assert "EarlyStoppingCallback" in callbacks
