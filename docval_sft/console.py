@@ -18,15 +18,23 @@ def print_validation(report: ValidationReport, console: Console) -> None:
 
 def print_validation_dict(data: dict[str, Any], console: Console) -> None:
     """Render ``ValidationReport.to_dict()`` (also embedded in the --dry-run plan)."""
-    table = Table(title="Phase A data", show_lines=False)
-    for col in ("split", "file", "records", "usable", "errors", "warnings", "per dataset", "steps (count: records)"):
+    from pathlib import Path
+
+    table = Table(title="Phase A data")
+    for col in ("split", "file", "records", "usable", "errors", "warnings", "steps: records"):
         table.add_column(col, overflow="fold")
+    datasets = sorted({k for s in data["splits"].values() for k in s["per_dataset"]})
+    per_dataset = Table(title="Usable records per dataset")
+    for col in ("split", *datasets):
+        per_dataset.add_column(col, justify="right" if col != "split" else "left")
     for name, s in data["splits"].items():
-        per_ds = ", ".join(f"{k} {v}" for k, v in s["per_dataset"].items())
         steps = ", ".join(f"{k}: {v}" for k, v in s["steps_histogram"].items())
-        table.add_row(name, s["file"], str(s["records"]), str(s["usable"]),
-                      _colour(s["errors"], "red"), _colour(s["warnings"], "yellow"), per_ds, steps)
+        table.add_row(name, Path(s["file"]).name, str(s["records"]), str(s["usable"]),
+                      _colour(s["errors"], "red"), _colour(s["warnings"], "yellow"), steps)
+        per_dataset.add_row(name, *(str(s["per_dataset"].get(d, 0)) for d in datasets))
     console.print(table)
+    if datasets:
+        console.print(per_dataset)
 
     token_rows = [(name, s["tokens"]) for name, s in data["splits"].items() if "tokens" in s]
     if token_rows:

@@ -286,6 +286,19 @@ def config_document(run: RunConfig, data: PreparedData, plan: Any) -> dict[str, 
     }
 
 
+def _quiet_libraries() -> None:
+    """Our progress bar and training.log report the run; the libraries' own bars and internal deprecation
+    notices (about arguments their own code passes) would only bury them."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -300,6 +313,8 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     from .build import build_trainer, load_model, load_processor, step_plan
     from .callbacks import RichProgressCallback, TrainingLogCallback
     from .convert import to_dataset
+
+    _quiet_libraries()
 
     check_reporters(run.report_to)
     out = run.output_dir

@@ -85,7 +85,8 @@ class ValidationReport:
             "skip_bad": self.skip_bad,
             "skipped_file": str(self.skipped_file) if self.skipped_file else None,
             "splits": {s.name: s.summary() for s in self.splits},
-            "issues": [i.to_dict() for s in self.splits for i in s.issues],
+            "issues": [i.to_dict() for s in self.splits
+                       for i in sorted(s.issues, key=lambda i: i.location.index)],
         }
 
 
