@@ -139,6 +139,19 @@ def step_plan(preset: Preset, n_records: int, n_processes: int | None = None) ->
     return StepPlan(n_records, n_processes, preset.per_device_train_batch_size * g * n_processes, per_epoch, total)
 
 
+def quiet_libraries() -> None:
+    """Our progress bar and logs report the work; the libraries' own bars and internal deprecation notices
+    (about arguments their own code passes) would only bury them."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
+
+
 def load_processor(preset: Preset) -> Any:
     from transformers import AutoProcessor
 

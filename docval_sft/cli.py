@@ -69,6 +69,12 @@ def _console(json_mode: bool):  # noqa: ANN202 - rich imported lazily
     return Console(stderr=json_mode)
 
 
+def _bbox_format(value: str) -> Any:
+    if value not in ("pixel", "norm1000"):
+        raise DocvalError(f"--bbox-format {value!r}: choose pixel or norm1000")
+    return value
+
+
 def _load_processor(model: str) -> Any:
     from transformers import AutoProcessor
 
@@ -89,6 +95,7 @@ def validate_data_cmd(
     skip_bad: SkipBad = False,
     skipped_out: Annotated[Path, typer.Option("--skipped-out", help="Where --skip-bad writes its report.")] = Path("skipped.jsonl"),
     allow_absolute_paths: AllowAbs = False,
+    bbox_format: Annotated[str, typer.Option("--bbox-format", help="Box format of the target whose tokens are counted: pixel or norm1000.")] = "pixel",
     as_json: JsonOut = False,
 ) -> None:
     """Validate Phase A records and their images; with --model, count tokens per record against --max-length."""
@@ -101,7 +108,7 @@ def validate_data_cmd(
     report = validate_data(
         train_data, image_dir, val_data=val_data, processor=processor, max_length=max_length, strict=strict,
         skip_bad=skip_bad, skipped_file=skipped_out, allow_absolute_paths=allow_absolute_paths,
-        show_progress=console.is_terminal,
+        show_progress=console.is_terminal, bbox_format=_bbox_format(bbox_format),
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))
@@ -212,11 +219,12 @@ SaveSteps = Annotated[Optional[int], typer.Option("--save-steps", min=1, help="C
 GradCkpt = Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory.")]
 AttnImpl = Annotated[Optional[str], typer.Option("--attn-implementation", help="sdpa, eager or flash_attention_2.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+BboxFmt = Annotated[Optional[str], typer.Option("--bbox-format", help="Target box coordinates: pixel (original) or norm1000.")]
 SetFields = Annotated[Optional[list[str]], typer.Option("--set", help="Override any preset field: --set lora_dropout=0 (repeatable).")]
 _FLAG_FIELDS = ("model_name_or_path", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "learning_rate", "use_lora", "load_in_8bit", "max_length", "lora_r",
                 "lora_alpha", "lora_vision_tower", "bf16", "eval_steps", "save_steps", "gradient_checkpointing",
-                "attn_implementation", "seed")
+                "attn_implementation", "seed", "bbox_format")
 
 
 def _overrides(values: dict[str, Any], set_fields: Optional[list[str]]) -> dict[str, Any]:
@@ -270,6 +278,7 @@ def train_cmd(
     gradient_checkpointing: GradCkpt = None,
     attn_implementation: AttnImpl = None,
     seed: Seed = None,
+    bbox_format: BboxFmt = None,
     set_fields: SetFields = None,
 ) -> None:
     """Train the student on a preset; flags override the preset (and --config), --resume continues a run."""
@@ -333,6 +342,118 @@ def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
                   f"per optimizer step -> {s['steps_per_epoch']} steps per epoch, {s['total_steps']} steps in total")
     for note in plan["notes"]:
         console.print(f"[yellow]note:[/yellow] {note}")
+
+
+# ---------------------------------------------------------------- look at samples and students
+
+Index = Annotated[Optional[int], typer.Option("--index", min=0, help="Record index in the data file.")]
+ImageId = Annotated[Optional[str], typer.Option("--image-id", help="Pick the first record with this image_id.")]
+OutPng = Annotated[Optional[Path], typer.Option("--out", help="Write an annotated PNG here.")]
+
+
+@command("preview-sample")
+def preview_sample_cmd(
+    train_data: TrainData,
+    image_dir: ImageDir,
+    index: Index = None,
+    image_id: ImageId = None,
+    model: ModelOpt = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Use this preset's model, max_length and bbox_format.")] = None,
+    max_length: MaxLength = None,
+    bbox_format: BboxFmt = None,
+    out: OutPng = None,
+    allow_absolute_paths: AllowAbs = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Show exactly what the trainer feeds for one record: prompt, target, labelled tokens, counts, boxes."""
+    from .preview import preview_sample, select_record
+    from .presets import get_preset
+
+    if index is not None and image_id is not None:
+        raise DocvalError("give --index or --image-id, not both")
+    settings = get_preset(preset or "a100")
+    processor = _load_processor(model or settings.model_name_or_path)
+    record, image_path = select_record(train_data, image_dir, index=index, image_id=image_id,
+                                       allow_absolute_paths=allow_absolute_paths)
+    result = preview_sample(record, image_path, processor, max_length=max_length or settings.max_length,
+                            bbox_format=_bbox_format(bbox_format or settings.bbox_format))
+    if out is not None:
+        from .annotate import GROUND_TRUTH, TEACHER, Box, draw_boxes
+
+        boxes = [Box(record.bbox_pred, f"teacher: {record.answer_pred}", TEACHER)]
+        if record.bbox_gt:
+            boxes.append(Box(record.bbox_gt, "ground truth", GROUND_TRUTH))
+        draw_boxes(image_path, boxes, out)
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "png": str(out) if out else None}, ensure_ascii=False))
+    else:
+        from .console import print_preview
+
+        print_preview(result, out, _console(False))
+    if not (result.labels_ok and result.fits):
+        raise typer.Exit(1)
+
+
+@command("sample")
+def sample_cmd(
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model (id or directory); read from the adapter when omitted.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="OUTPUT/final (LoRA) or a merged directory.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="A document image.")] = None,
+    question: Annotated[Optional[str], typer.Option("--question", help="The question to ask about --image.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Sample a Phase A record from this file instead.")] = None,
+    image_dir: Annotated[Optional[Path], typer.Option("--image-dir", help="Image root for --data.")] = None,
+    index: Index = None,
+    image_id: ImageId = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation limit.")] = 1024,
+    out: OutPng = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
+    as_json: JsonOut = False,
+) -> None:
+    """Greedy answer of the student, streamed; parsed into steps / answer / box and drawn on the image."""
+    from .inference import load_student
+    from .preview import select_record
+    from .sample import annotate, sample
+
+    record = None
+    if data is not None:
+        if image is not None or question is not None:
+            raise DocvalError("give either --data (with --index/--image-id) or --image with --question")
+        record, image = select_record(data, image_dir or Path("."), index=index, image_id=image_id)
+        question = record.question
+    elif image is None or question is None:
+        raise DocvalError("give --image and --question, or --data FILE --image-dir DIR --index N")
+    elif not image.is_file():
+        raise DocvalError(f"--image {image}: no such file")
+    console = _console(as_json)
+    student = load_student(model, adapter, dtype=dtype)
+    console.print(f"[dim]{student.source}; {question}[/dim]", highlight=False)
+    stream = None if as_json else (lambda text: console.print(text, end="", markup=False, highlight=False))
+    result = sample(student, image, question, record=record, max_new_tokens=max_new_tokens, on_text=stream)
+    if out is not None:
+        annotate(result, out)
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "png": str(out) if out else None}, ensure_ascii=False))
+    else:
+        from .console import print_sample
+
+        console.print()
+        print_sample(result, out, console)
+
+
+@command("merge")
+def merge_cmd(
+    adapter: Annotated[Path, typer.Option("--adapter", help="OUTPUT/final of a LoRA run.")],
+    out: Annotated[Path, typer.Option("--out", help="New directory for the merged model + processor.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model; read from the adapter when omitted.")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Dtype of the merged weights: bfloat16, float16 or float32.")] = "bfloat16",
+) -> None:
+    """Merge a LoRA adapter into its base: a full model that AutoModelForImageTextToText loads (Phase B2)."""
+    from .merge import merge_adapter
+
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise DocvalError(f"--dtype {dtype!r}: choose bfloat16, float16 or float32")
+    merged = merge_adapter(model, adapter, out, dtype=dtype)
+    typer.echo(f"merged model + processor in {merged}")
 
 
 def main() -> None:

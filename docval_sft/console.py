@@ -68,3 +68,40 @@ def print_validation_dict(data: dict[str, Any], console: Console) -> None:
 
 def _colour(value: Any, style: str) -> str:
     return f"[{style}]{value}[/{style}]" if value else str(value)
+
+
+def print_preview(preview: Any, png: Any, console: Console) -> None:
+    """The templated prompt (dim), then the labelled span (green): exactly what carries loss."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    c = preview.counts
+    seq = Text()
+    seq.append(preview.prompt_text, style="dim")
+    seq.append(preview.labeled_text, style="bold green")
+    r = preview.record
+    console.print(Panel(seq, title=f"{r.location} - dim: prompt (no loss), green: labelled tokens",
+                        title_align="left"), highlight=False)
+    limit = f"/ max_length {preview.max_length}" if preview.max_length else ""
+    fits = "" if preview.fits else "  [red]TOO LONG: this record would be rejected[/red]"
+    console.print(f"tokens: prompt {c.prompt} (image {c.image}) + target {c.target} = total {c.total} {limit}{fits}")
+    check = "[green]OK[/green]" if preview.labels_ok else "[red]MISMATCH[/red]"
+    console.print(f"labels == target + {preview.end_of_turn_text!r}: {check}; box ({preview.bbox_format}) "
+                  f"{list(r.bbox_pred)}" + (f"; image with boxes: {png}" if png else ""), highlight=False)
+
+
+def print_sample(result: Any, png: Any, console: Console) -> None:
+    from rich.panel import Panel
+
+    p = result.parsed
+    lines = [f"{i}. {s}" for i, s in enumerate(p.steps, start=1)]  # parsed steps, renumbered
+    lines += [f"ANSWER: {p.answer}", f"BBOX (pixels): {result.bbox}"]
+    if not p.parsable:
+        lines.append(f"[red]unparsable: {p.error}[/red]")
+    elif not p.compliant:
+        lines.append(f"[yellow]not compliant: {p.n_steps} steps (expected 7)[/yellow]")
+    if result.record is not None:
+        lines.append(f"teacher: {result.record.answer_pred!r} {list(result.record.bbox_pred)}  "
+                     f"ANLS {result.teacher_anls:.3f}  IoU {result.teacher_iou:.3f}")
+    lines.append(f"[dim]{result.seconds:.1f}s" + (f"; annotated image: {png}" if png else "") + "[/dim]")
+    console.print(Panel("\n".join(lines), title="student", title_align="left"), highlight=False)

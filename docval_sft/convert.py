@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .format import render_target
+from .format import BboxFormat, render_target, to_norm1000
 from .records import PhaseARecord
 
 if TYPE_CHECKING:
@@ -29,26 +29,39 @@ def build_prompt(question: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
-def record_target(record: PhaseARecord) -> str:
-    """The 7-step CoT target text of a record (byte layout of docval_format.md section 2)."""
-    return render_target(record.cot_steps, record.answer_pred, record.bbox_pred)
+def record_target(record: PhaseARecord, bbox_format: BboxFormat = "pixel",
+                  image_size: tuple[int, int] | None = None) -> str:
+    """The 7-step CoT target text of a record (byte layout of docval_format.md section 2).
+
+    ``norm1000`` writes the box as 0-1000 integers relative to ``image_size`` (width, height).
+    """
+    box: Sequence[float] = record.bbox_pred
+    if bbox_format == "norm1000":
+        if image_size is None:
+            raise ValueError("bbox_format='norm1000' needs the image size")
+        box = to_norm1000(box, *image_size)
+    return render_target(record.cot_steps, record.answer_pred, box)
 
 
-def to_example(record: PhaseARecord, image: Any) -> dict[str, Any]:
+def to_example(record: PhaseARecord, image: Any, bbox_format: BboxFormat = "pixel",
+               image_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """One TRL example; ``image`` is a path (for datasets) or a PIL image (for direct collation)."""
+    target = record_target(record, bbox_format, image_size)
     return {
         "prompt": build_prompt(record.question),
-        "completion": [{"role": "assistant", "content": [{"type": "text", "text": record_target(record)}]}],
+        "completion": [{"role": "assistant", "content": [{"type": "text", "text": target}]}],
         "images": [image],
     }
 
 
-def to_dataset(records: Sequence[PhaseARecord], image_paths: Sequence[Path]) -> Dataset:
+def to_dataset(records: Sequence[PhaseARecord], image_paths: Sequence[Path], bbox_format: BboxFormat = "pixel",
+               image_sizes: Sequence[tuple[int, int]] | None = None) -> Dataset:
     """A ``datasets.Dataset`` whose images are file paths decoded on access (never all in memory)."""
     from datasets import Dataset, Image, List
 
     if len(records) != len(image_paths):
         raise ValueError(f"{len(records)} records but {len(image_paths)} image paths")
-    rows = [to_example(r, str(p)) for r, p in zip(records, image_paths, strict=True)]
+    sizes = image_sizes if image_sizes is not None else [None] * len(records)
+    rows = [to_example(r, str(p), bbox_format, s) for r, p, s in zip(records, image_paths, sizes, strict=True)]
     columns = {key: [row[key] for row in rows] for key in ("prompt", "completion", "images")}
     return Dataset.from_dict(columns).cast_column("images", List(Image()))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .convert import to_example
+from .format import BboxFormat
 from .records import PhaseARecord
 
 
@@ -41,16 +42,20 @@ def image_token_ids(processor: Any) -> set[int]:
 class TokenCounter:
     """Counts prompt / image / target tokens of one record exactly as the trainer will see them."""
 
-    def __init__(self, processor: Any) -> None:
+    def __init__(self, processor: Any, bbox_format: BboxFormat = "pixel") -> None:
         self.collator = vision_collator(processor)
         self.image_ids = image_token_ids(processor)
+        self.bbox_format = bbox_format
 
     def collate(self, record: PhaseARecord, image: Any) -> dict[str, Any]:
         """The training batch of one record (``image`` is a PIL image)."""
-        return self.collator([to_example(record, image)])
+        return self.collator([to_example(record, image, self.bbox_format, image.size)])
 
     def count(self, record: PhaseARecord, image: Any) -> TokenCount:
-        batch = self.collate(record, image)
+        return self.count_batch(self.collate(record, image))
+
+    def count_batch(self, batch: dict[str, Any]) -> TokenCount:
+        """Counts of a one-record batch from ``collate``."""
         input_ids = batch["input_ids"][0]
         total = int(batch["attention_mask"][0].sum())
         target = int((batch["labels"][0] != -100).sum())

@@ -32,6 +32,7 @@ CONFIG_FILE = "training_config.json"
 LOG_FILE = "training.log"
 FINAL_DIR = "final"
 SKIPPED_FILE = "skipped.jsonl"
+MODEL_INFO_FILE = "docval_sft.json"
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # report_to name -> module that must be importable
 _ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, SKIPPED_FILE, "runs")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -142,6 +143,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def write_model_info(directory: Path, *, base_model: str, bbox_format: str) -> None:
+    """``docval_sft.json`` beside the weights: what `sample`/`evaluate` need to read the outputs back."""
+    write_json_atomic(directory / MODEL_INFO_FILE, {"base_model": base_model, "bbox_format": bbox_format})
+
+
+def read_model_info(directory: Path) -> dict[str, Any]:
+    """The model info of an adapter or merged dir; {} for a plain model directory or hub id."""
+    path = Path(directory) / MODEL_INFO_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def read_run_config(output_dir: Path) -> dict[str, Any]:
@@ -255,6 +267,7 @@ def prepare_data(run: RunConfig, processor: Any, *, show_progress: bool = False,
         run.train_data, run.image_dir, val_data=run.val_data, processor=processor,
         max_length=run.preset.max_length, strict=run.strict, skip_bad=run.skip_bad,
         skipped_file=skipped_file, allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
+        bbox_format=run.preset.bbox_format,
     )
     if not report.ok:
         first = next(i for s in report.splits for i in s.errors)
@@ -286,19 +299,6 @@ def config_document(run: RunConfig, data: PreparedData, plan: Any) -> dict[str, 
     }
 
 
-def _quiet_libraries() -> None:
-    """Our progress bar and training.log report the run; the libraries' own bars and internal deprecation
-    notices (about arguments their own code passes) would only bury them."""
-    import warnings
-
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
-
-
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -310,11 +310,11 @@ class TrainResult:
 def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = False,
           show_progress: bool = True) -> TrainResult:
     """Run (or resume) training end to end and return where the result is."""
-    from .build import build_trainer, load_model, load_processor, step_plan
+    from .build import build_trainer, load_model, load_processor, quiet_libraries, step_plan
     from .callbacks import RichProgressCallback, TrainingLogCallback
     from .convert import to_dataset
 
-    _quiet_libraries()
+    quiet_libraries()
 
     check_reporters(run.report_to)
     out = run.output_dir
@@ -327,8 +327,9 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
 
     from accelerate import PartialState
 
-    train_ds = to_dataset(data.train.records, data.train.image_paths)
-    eval_ds = to_dataset(data.val.records, data.val.image_paths) if data.val else None
+    fmt = run.preset.bbox_format
+    train_ds = to_dataset(data.train.records, data.train.image_paths, fmt, data.train.image_sizes)
+    eval_ds = to_dataset(data.val.records, data.val.image_paths, fmt, data.val.image_sizes) if data.val else None
     model = load_model(run.preset)
     callbacks = [TrainingLogCallback(out / LOG_FILE),
                  RichProgressCallback(plan.samples_per_step, enabled=show_progress)]
@@ -339,6 +340,7 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     trainer.save_model(str(final))
     if PartialState().is_main_process:
         processor.save_pretrained(str(final))
+        write_model_info(final, base_model=run.preset.model_name_or_path, bbox_format=fmt)
     return TrainResult(out, final, trainer.state.global_step, list(trainer.state.log_history))
 
 
@@ -364,6 +366,7 @@ def dry_run(run: RunConfig, *, show_progress: bool = False) -> dict[str, Any]:
         run.train_data, run.image_dir, val_data=run.val_data, processor=processor,
         max_length=run.preset.max_length if processor is not None else None, strict=run.strict,
         skip_bad=False, allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
+        bbox_format=run.preset.bbox_format,
     )
     usable = len(report.splits[0].records)
     if run.skip_bad and report.n_errors:

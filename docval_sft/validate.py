@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Issue
-from .images import ImageProblem, check_image, resolve_image
+from .format import BboxFormat
+from .images import ImageInfo, ImageProblem, check_image, resolve_image
 from .lengths import TokenCount, TokenCounter, percentiles
 from .records import LoadResult, PhaseARecord, load_records
 
@@ -30,6 +31,7 @@ class SplitData:
     n_total: int
     records: list[PhaseARecord] = field(default_factory=list)
     image_paths: list[Path] = field(default_factory=list)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
     token_counts: list[TokenCount] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
 
@@ -110,7 +112,7 @@ def prepare_split(
             on_record()
         try:
             image_path = resolve_image(record, image_root, data_dir, allow_absolute_paths=allow_absolute_paths)
-            count = _inspect(record, image_path, counter)
+            info, count = _inspect(record, image_path, counter)
         except ImageProblem as problem:
             split.issues.append(Issue(record.location, "image_file", problem.code, str(problem)))
             continue
@@ -124,21 +126,22 @@ def prepare_split(
             continue
         split.records.append(record)
         split.image_paths.append(image_path)
+        split.image_sizes.append((info.width, info.height))
         if count is not None:
             split.token_counts.append(count)
     return split
 
 
-def _inspect(record: PhaseARecord, image_path: Path, counter: TokenCounter | None) -> TokenCount | None:
-    """Decode the image once: check it, and count tokens on the same pixels."""
+def _inspect(record: PhaseARecord, image_path: Path,
+             counter: TokenCounter | None) -> tuple[ImageInfo, TokenCount | None]:
+    """Check the image (a full decode) and, with a counter, count the record's tokens on it."""
+    info = check_image(image_path)
     if counter is None:
-        check_image(image_path)
-        return None
+        return info, None
     from PIL import Image
 
-    info = check_image(image_path)
     with Image.open(info.path) as img:
-        return counter.count(record, img.convert("RGB"))
+        return info, counter.count(record, img.convert("RGB"))
 
 
 def write_skipped(splits: list[SplitData], path: Path) -> int:
@@ -163,11 +166,12 @@ def validate_data(
     skipped_file: str | Path | None = None,
     allow_absolute_paths: bool = False,
     show_progress: bool = False,
+    bbox_format: BboxFormat = "pixel",
 ) -> ValidationReport:
     """Validate the train (and val) files; with ``skip_bad``, errors are written to ``skipped_file``."""
     from rich.progress import Progress
 
-    counter = TokenCounter(processor) if processor is not None else None
+    counter = TokenCounter(processor, bbox_format) if processor is not None else None
     files = [("train", Path(train_data))] + ([("val", Path(val_data))] if val_data else [])
     splits = []
     with Progress(transient=True, disable=not show_progress) as progress:

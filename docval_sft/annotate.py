@@ -1,0 +1,50 @@
+"""Draw labelled boxes on a document image (preview and sample PNGs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+TEACHER = (220, 30, 30)  # red
+GROUND_TRUTH = (20, 150, 40)  # green
+PREDICTION = (30, 80, 230)  # blue
+
+
+@dataclass(frozen=True)
+class Box:
+    coords: Sequence[float]
+    label: str
+    color: tuple[int, int, int]
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def draw_boxes(image_path: Path, boxes: Sequence[Box], out: Path) -> Path:
+    """Write ``out`` (PNG): the image with each box outlined and its label on a filled tag above it."""
+    with Image.open(image_path) as src:
+        img = src.convert("RGB")
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(min(img.size) / 300))
+    font = _font(max(12, round(min(img.size) / 45)))
+    for box in boxes:
+        # Outline just outside the box: teacher boxes are tight ink boxes, an inner outline would hide the text.
+        x1, y1, x2, y2 = (float(v) for v in box.coords)
+        x1, y1, x2, y2 = x1 - width - 1, y1 - width - 1, x2 + width + 1, y2 + width + 1
+        draw.rectangle([x1, y1, x2, y2], outline=box.color, width=width)
+        left, top, right, bottom = draw.textbbox((0, 0), box.label, font=font)
+        tag_h = bottom - top + 4
+        ty = y1 - tag_h - width if y1 - tag_h - width >= 0 else y2 + width  # below the box at the top edge
+        tx = min(max(0.0, x1), max(0.0, img.width - (right - left) - 4))
+        draw.rectangle([tx, ty, tx + right - left + 4, ty + tag_h], fill=box.color)
+        draw.text((tx + 2, ty + 2 - top), box.label, fill=(255, 255, 255), font=font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out

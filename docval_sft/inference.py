@@ -1,0 +1,176 @@
+"""Load a trained student (base + adapter, or a merged directory) and generate greedily, batched or streamed.
+
+The prompt is built with TRL's own templating helpers, the same path the training collator takes, so the
+student sees at inference exactly the prompt it was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .convert import build_prompt
+from .errors import DocvalError
+from .format import BboxFormat, ParsedOutput, from_norm1000, parse_output
+from .train import read_model_info
+
+
+@dataclass
+class Student:
+    model: Any
+    processor: Any
+    bbox_format: BboxFormat
+    source: str  # human-readable "base + adapter" description
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+
+def _is_adapter(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file()
+
+
+def _has_processor(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
+
+
+def adapter_base_model(adapter_dir: Path) -> str:
+    """The base an adapter was trained on: docval_sft.json, else PEFT's adapter_config.json."""
+    import json
+
+    base = read_model_info(adapter_dir).get("base_model")
+    if not base:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        base = config.get("base_model_name_or_path")
+    if not base:
+        raise DocvalError(f"--model is required: {adapter_dir} does not record its base model")
+    return str(base)
+
+
+def inference_dtype(dtype: str, use_cpu: bool) -> Any:
+    import torch
+
+    if dtype == "auto":
+        return torch.float32 if use_cpu else torch.bfloat16
+    return getattr(torch, dtype)
+
+
+def load_student(model: str | None, adapter: str | Path | None = None, *, dtype: str = "auto",
+                 device: str | None = None) -> Student:
+    """``adapter`` is OUTPUT/final (LoRA), a merged directory, or None (the base alone)."""
+    adapter_dir = Path(adapter) if adapter is not None else None
+    if adapter_dir is not None and not adapter_dir.is_dir():
+        raise DocvalError(f"--adapter {adapter_dir}: no such directory")
+    lora = adapter_dir is not None and _is_adapter(adapter_dir)
+    if adapter_dir is not None and not lora and not (adapter_dir / "config.json").is_file():
+        raise DocvalError(f"--adapter {adapter_dir} holds neither a LoRA adapter (adapter_config.json) nor a "
+                          "model (config.json)")
+    info = read_model_info(adapter_dir) if adapter_dir else {}
+    base = model or (adapter_base_model(adapter_dir) if lora else None)
+    weights = base if (lora or adapter_dir is None) else str(adapter_dir)
+    if weights is None:
+        raise DocvalError("give --model (a base model) and/or --adapter")
+
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .build import quiet_libraries
+
+    quiet_libraries()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = inference_dtype(dtype, device == "cpu")
+    try:
+        net = AutoModelForImageTextToText.from_pretrained(weights, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise DocvalError(f"cannot load model {weights!r}: {str(exc).splitlines()[0]}") from exc
+    if lora:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, str(adapter_dir))
+    processor_source = str(adapter_dir) if adapter_dir is not None and _has_processor(adapter_dir) else weights
+    processor = AutoProcessor.from_pretrained(processor_source)
+    source = f"{base} + {adapter_dir}" if lora else str(weights)
+    return Student(net.to(device).eval(), processor, info.get("bbox_format", "pixel"), source)
+
+
+def stop_token_ids(student: Student) -> list[int]:
+    """End-of-turn and end-of-sequence ids: generation stops at whichever the student emits first."""
+    tok = student.processor.tokenizer
+    ids = student.model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    for token in ("<end_of_turn>", tok.eos_token):
+        token_id = tok.convert_tokens_to_ids(token) if token else None
+        if token_id is not None and token_id != tok.unk_token_id and token_id not in ids:
+            ids.append(token_id)
+    return ids
+
+
+def prompt_text(processor: Any, question: str) -> str:
+    """The chat-templated prompt, built exactly as TRL's collator builds it for training."""
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    messages = prepare_multimodal_messages(build_prompt(question), images=[None])
+    return apply_chat_template({"prompt": messages}, processor)["prompt"]
+
+
+class _Streamer:
+    """Minimal streamer: decodes new tokens incrementally and hands finished text pieces to ``on_text``."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.printed = 0
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
+            self.on_text(text[self.printed:])
+            self.printed = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if len(text) > self.printed:
+            self.on_text(text[self.printed:])
+
+
+def generate(student: Student, images: Sequence[Any], questions: Sequence[str], *, max_new_tokens: int = 1024,
+             on_text: Callable[[str], None] | None = None) -> list[str]:
+    """Greedy answers for a batch of (PIL image, question); ``on_text`` streams a batch of one."""
+    import torch
+
+    if on_text is not None and len(questions) != 1:
+        raise ValueError("streaming needs a batch of one")
+    processor = student.processor
+    prompts = [prompt_text(processor, q) for q in questions]
+    inputs = processor(images=[[img] for img in images], text=prompts, padding=True, padding_side="left",
+                       return_tensors="pt", add_special_tokens=False).to(student.device)
+    streamer = _Streamer(processor.tokenizer, on_text) if on_text is not None else None
+    with torch.inference_mode():
+        out = student.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                                     eos_token_id=stop_token_ids(student), streamer=streamer,
+                                     pad_token_id=processor.tokenizer.pad_token_id)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    return [processor.tokenizer.decode(row, skip_special_tokens=True) for row in new]
+
+
+def to_pixels(parsed: ParsedOutput, bbox_format: BboxFormat, image_size: tuple[int, int]) -> list[float] | None:
+    """The predicted box in pixels of the original image (norm1000 outputs are converted back)."""
+    if parsed.bbox is None:
+        return None
+    if bbox_format == "norm1000":
+        return from_norm1000(parsed.bbox, *image_size)
+    return list(parsed.bbox)
+
+
+def parse_prediction(text: str, bbox_format: BboxFormat, image_size: tuple[int, int]) -> tuple[ParsedOutput,
+                                                                                               list[float] | None]:
+    parsed = parse_output(text)
+    return parsed, to_pixels(parsed, bbox_format, image_size)

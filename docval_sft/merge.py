@@ -1,0 +1,39 @@
+"""Merge a LoRA adapter into its base: a plain model directory that ``AutoModelForImageTextToText`` loads
+(what Phase B2 expects). An adapter trained on an 8-bit base merges into a bf16/fp32 base: LoRA weights do not
+depend on how the base was stored, only the base's int8 rounding error is gone after the merge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DocvalError
+from .inference import adapter_base_model
+from .train import read_model_info, write_model_info
+
+
+def merge_adapter(model: str | None, adapter: Path, out: Path, *, dtype: str = "bfloat16") -> Path:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .build import quiet_libraries
+
+    quiet_libraries()
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise DocvalError(f"--adapter {adapter} has no adapter_config.json (is it OUTPUT/final of a LoRA run?)")
+    if out.exists() and any(out.iterdir()):
+        raise DocvalError(f"--out {out} is not empty; choose a new directory")
+    info = read_model_info(adapter)
+    base = model or adapter_base_model(adapter)
+    try:
+        net = AutoModelForImageTextToText.from_pretrained(base, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise DocvalError(f"cannot load base model {base!r}: {str(exc).splitlines()[0]}") from exc
+    merged = PeftModel.from_pretrained(net, str(adapter)).merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out))
+    AutoProcessor.from_pretrained(str(adapter)).save_pretrained(str(out))
+    write_model_info(out, base_model=base, bbox_format=info.get("bbox_format", "pixel"))
+    return out

@@ -1,0 +1,56 @@
+"""Metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from docval_sft.metrics import accuracy_at, anls, anls_lenient, iou, levenshtein, map_50_95
+
+
+@pytest.mark.parametrize(("a", "b", "d"), [("", "", 0), ("abc", "", 3), ("kitten", "sitting", 3),
+                                           ("flaw", "lawn", 2), ("café", "cafe", 1), ("日本", "日本語", 1)])
+def test_levenshtein(a: str, b: str, d: int) -> None:
+    assert levenshtein(a, b) == d == levenshtein(b, a)
+
+
+def test_anls_standard() -> None:
+    assert anls("12.50", "12.50") == 1.0
+    assert anls("  TOTAL ", "total") == 1.0  # case-insensitive, stripped
+    # "12.5" vs "12.50": distance 1 over 5 -> 0.8
+    assert anls("12.5", "12.50") == pytest.approx(0.8)
+    # "abcd" vs "abxy": distance 2 over 4 = 0.5 -> at the threshold: zeroed (distance must be < 0.5)
+    assert anls("abcd", "abxy") == 0.0
+    # "abcde" vs "abxye": 2/5 = 0.4 < 0.5 -> 0.6
+    assert anls("abcde", "abxye") == pytest.approx(0.6)
+    assert anls("abcd", ["zzzz", "abcd"]) == 1.0  # max over gold answers
+    assert anls("", "") == 1.0 and anls("", "x") == 0.0 and anls(None, "x") == 0.0
+    assert anls("Straße", "strasse") == pytest.approx(1 - 2 / 7)
+    with pytest.raises(ValueError):
+        anls("x", [])
+
+
+def test_anls_lenient_has_no_threshold() -> None:
+    assert anls_lenient("abcd", "abxy") == 0.5  # the standard score is 0 here
+    assert anls_lenient("a", "abcdefghij") == pytest.approx(0.1)
+    assert anls_lenient(None, "x") == 0.0
+
+
+def test_iou_hand_computed() -> None:
+    assert iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
+    # overlap 5x10 = 50, union 100 + 100 - 50 = 150
+    assert iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(1 / 3)
+    assert iou([0, 0, 10, 10], [20, 20, 30, 30]) == 0.0  # disjoint
+    assert iou([0, 0, 10, 10], [10, 0, 20, 10]) == 0.0  # touching edges
+    assert iou([2, 2, 4, 4], [0, 0, 10, 10]) == pytest.approx(4 / 100)  # contained
+    assert iou([10, 0, 0, 10], [0, 0, 10, 10]) == 0.0  # inverted prediction
+    assert iou([5, 5, 5, 9], [0, 0, 10, 10]) == 0.0  # zero-area prediction
+    assert iou(None, [0, 0, 1, 1]) == 0.0 and iou([0, 0, 1], [0, 0, 1, 1]) == 0.0  # missing / malformed
+    assert iou([0, 0, float("nan"), 1], [0, 0, 1, 1]) == 0.0
+
+
+def test_map_and_accuracy() -> None:
+    ious = [1.0, 0.72, 0.5, 0.0]
+    assert accuracy_at(ious) == 0.75
+    # thresholds .50 .55 ... .95: 1.0 passes all 10; 0.72 passes .50-.70 (5); 0.5 passes .50 (1); 0 none
+    assert map_50_95(ious) == pytest.approx((10 + 5 + 1 + 0) / (4 * 10))
+    assert map_50_95([]) == 0.0 and accuracy_at([]) == 0.0
