@@ -27,16 +27,26 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default(size=size)
 
 
-def draw_boxes(image_path: Path, boxes: Sequence[Box], out: Path) -> Path:
-    """Write ``out`` (PNG): the image with each box outlined and its label on a filled tag above it."""
+def draw_boxes(image_path: Path, boxes: Sequence[Box], out: Path, caption: str | None = None) -> Path:
+    """Write ``out`` (PNG): the image with each box outlined and its label on a filled tag above it, and an
+    optional caption band on top (e.g. why a prediction has no box)."""
     with Image.open(image_path) as src:
         img = src.convert("RGB")
+    font = _font(max(12, round(min(img.size) / 45)))
+    if caption:
+        band = font.size + 12 if hasattr(font, "size") else 24
+        framed = Image.new("RGB", (img.width, img.height + band), (40, 40, 40))
+        framed.paste(img, (0, band))
+        ImageDraw.Draw(framed).text((6, 6), caption, fill=(255, 255, 255), font=font)
+        img, offset = framed, band
+    else:
+        offset = 0
     draw = ImageDraw.Draw(img)
     width = max(2, round(min(img.size) / 300))
-    font = _font(max(12, round(min(img.size) / 45)))
     for box in boxes:
         # Outline just outside the box: teacher boxes are tight ink boxes, an inner outline would hide the text.
         x1, y1, x2, y2 = (float(v) for v in box.coords)
+        y1, y2 = y1 + offset, y2 + offset
         x1, y1, x2, y2 = x1 - width - 1, y1 - width - 1, x2 + width + 1, y2 + width + 1
         draw.rectangle([x1, y1, x2, y2], outline=box.color, width=width)
         left, top, right, bottom = draw.textbbox((0, 0), box.label, font=font)

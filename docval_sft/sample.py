@@ -67,4 +67,7 @@ def annotate(result: SampleResult, out: Path) -> Path:
         boxes.append(Box(result.record.bbox_pred, f"teacher: {result.record.answer_pred}", TEACHER))
     if result.bbox is not None:
         boxes.append(Box(result.bbox, f"student: {result.parsed.answer or ''}", PREDICTION))
-    return draw_boxes(result.image_path, boxes, out)
+    p = result.parsed
+    caption = (f"student: unparsable ({p.error})" if not p.parsable
+               else f"student: {p.answer!r}" + ("" if p.compliant else f" ({p.n_steps} steps, expected 7)"))
+    return draw_boxes(result.image_path, boxes, out, caption=caption)
