@@ -67,6 +67,10 @@ def sft_config_kwargs(preset: Preset, output_dir: str, *, has_eval: bool, report
     """Keyword arguments of the run's ``SFTConfig`` (a plain dict, so --dry-run can print it without a GPU)."""
     evaluate = has_eval and preset.eval_steps > 0
     load_best = preset.load_best_model_at_end and evaluate
+    metric = preset.metric_for_best_model.removeprefix("eval_")
+    if load_best and metric not in ("loss", "mean_token_accuracy") and preset.eval_generate <= 0:
+        raise DocvalError(f"metric_for_best_model {preset.metric_for_best_model!r} is a generation metric: it "
+                          "needs --eval-generate N (records generated at each evaluation)")
     if load_best and preset.save_steps % preset.eval_steps:
         raise DocvalError(f"save_steps ({preset.save_steps}) must be a multiple of eval_steps ({preset.eval_steps}) "
                           "to keep the best checkpoint; change one, or set load_best_model_at_end false")
@@ -189,19 +193,38 @@ def load_model(preset: Preset) -> Any:
     return model
 
 
+def trainer_class() -> type:
+    """TRL's SFTTrainer, plus generation metrics merged into evaluate() (so metric_for_best_model can use them)."""
+    from trl import SFTTrainer
+
+    class DocvalTrainer(SFTTrainer):
+        generation_eval: Any = None
+
+        def evaluate(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> dict[str, float]:
+            metrics = super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+            if self.generation_eval is not None:
+                extra = {f"{metric_key_prefix}_{k}": v for k, v in self.generation_eval(self.model).items()}
+                self.log(extra)
+                metrics.update(extra)
+            return metrics
+
+    return DocvalTrainer
+
+
 def build_trainer(preset: Preset, model: Any, processor: Any, train_dataset: Any, eval_dataset: Any,
-                  output_dir: str, *, report_to: list[str], callbacks: list[Any] | None = None) -> Any:
+                  output_dir: str, *, report_to: list[str], callbacks: list[Any] | None = None,
+                  generation_eval: Any = None) -> Any:
     """An ``SFTTrainer`` wired with the preset's SFTConfig and LoraConfig; TRL does collation and masking."""
     from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTTrainer
 
     args = build_sft_config(preset, output_dir, has_eval=eval_dataset is not None, report_to=report_to)
     callbacks = list(callbacks or [])
     if args.load_best_model_at_end and preset.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=preset.early_stopping_patience))
-    trainer = SFTTrainer(
+    trainer = trainer_class()(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=processor, peft_config=build_lora_config(preset), callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; training.log and the progress bar replace it
+    trainer.generation_eval = generation_eval
     return trainer

@@ -219,12 +219,14 @@ SaveSteps = Annotated[Optional[int], typer.Option("--save-steps", min=1, help="C
 GradCkpt = Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory.")]
 AttnImpl = Annotated[Optional[str], typer.Option("--attn-implementation", help="sdpa, eager or flash_attention_2.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+EvalGenerate = Annotated[Optional[int], typer.Option("--eval-generate", min=0, help="Generate for N validation records at each evaluation and log ANLS/IoU/mAP/compliance.")]
+MetricBest = Annotated[Optional[str], typer.Option("--metric-for-best-model", help="eval_loss (default) or a generation metric, e.g. eval_anls.")]
 BboxFmt = Annotated[Optional[str], typer.Option("--bbox-format", help="Target box coordinates: pixel (original) or norm1000.")]
 SetFields = Annotated[Optional[list[str]], typer.Option("--set", help="Override any preset field: --set lora_dropout=0 (repeatable).")]
 _FLAG_FIELDS = ("model_name_or_path", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "learning_rate", "use_lora", "load_in_8bit", "max_length", "lora_r",
                 "lora_alpha", "lora_vision_tower", "bf16", "eval_steps", "save_steps", "gradient_checkpointing",
-                "attn_implementation", "seed", "bbox_format")
+                "attn_implementation", "seed", "bbox_format", "eval_generate", "metric_for_best_model")
 
 
 def _overrides(values: dict[str, Any], set_fields: Optional[list[str]]) -> dict[str, Any]:
@@ -279,6 +281,8 @@ def train_cmd(
     attn_implementation: AttnImpl = None,
     seed: Seed = None,
     bbox_format: BboxFmt = None,
+    eval_generate: EvalGenerate = None,
+    metric_for_best_model: MetricBest = None,
     set_fields: SetFields = None,
 ) -> None:
     """Train the student on a preset; flags override the preset (and --config), --resume continues a run."""
@@ -454,6 +458,34 @@ def merge_cmd(
         raise DocvalError(f"--dtype {dtype!r}: choose bfloat16, float16 or float32")
     merged = merge_adapter(model, adapter, out, dtype=dtype)
     typer.echo(f"merged model + processor in {merged}")
+
+
+@command("evaluate")
+def evaluate_cmd(
+    test_data: Annotated[Path, typer.Option("--test-data", help="Phase A records to evaluate on (e.g. D_test.json).")],
+    image_dir: ImageDir,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where predictions.jsonl/.json and evaluation_summary.json go.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model; read from the adapter when omitted.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="OUTPUT/final (LoRA) or a merged directory.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records generated together.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation limit.")] = 1024,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate only the first N usable records.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted evaluation in --output-dir.")] = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
+    as_json: JsonOut = False,
+) -> None:
+    """Phase C metrics of a student on Phase A records: ANLS, IoU, mAP@[.5:.95], CoT compliance, per dataset."""
+    from .evaluate import evaluate
+
+    console = _console(as_json)
+    result = evaluate(model, adapter, test_data, image_dir, output_dir, batch_size=batch_size,
+                      max_new_tokens=max_new_tokens, limit=limit, resume=resume, show_progress=console.is_terminal)
+    if as_json:
+        typer.echo(json.dumps(result.summary, ensure_ascii=False))
+    else:
+        from .console import print_evaluation
+
+        print_evaluation(result, console)
 
 
 def main() -> None:

@@ -105,3 +105,28 @@ def print_sample(result: Any, png: Any, console: Console) -> None:
                      f"ANLS {result.teacher_anls:.3f}  IoU {result.teacher_iou:.3f}")
     lines.append(f"[dim]{result.seconds:.1f}s" + (f"; annotated image: {png}" if png else "") + "[/dim]")
     console.print(Panel("\n".join(lines), title="student", title_align="left"), highlight=False)
+
+
+def print_evaluation(result: Any, console: Console) -> None:
+    s = result.summary
+    table = Table(title=f"evaluation of {s.get('model')} ({result.n_new} records generated now)")
+    cols = [("dataset", None), ("n", "total_examples"), ("parsable", "successful"), ("ANLS (Phase C)", "avg_anls"),
+            ("ANLS tau.5", "anls_standard"), ("ANLS gt", "anls_gt"), ("IoU", "avg_iou"), ("mAP.5:.95", "map_50_95"),
+            ("acc@IoU.5", "acc_iou_50"), ("7-step CoT", "cot_compliance")]
+    for name, _ in cols:
+        table.add_column(name, justify="left" if name == "dataset" else "right")
+
+    def row(name: str, m: dict[str, Any]) -> list[str]:
+        return [name] + [_fmt(m.get(key)) for _, key in cols[1:]]
+
+    for name, metrics in s["per_dataset"].items():
+        table.add_row(*row(name, metrics))
+    table.add_row(*row("all", s), style="bold")
+    console.print(table)
+    console.print(f"throughput {_fmt(s.get('throughput'))} records/s; files in {result.output_dir}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

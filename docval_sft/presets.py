@@ -86,6 +86,9 @@ class Preset:
     load_best_model_at_end: bool = _f(True, "final/ holds the checkpoint with the best metric_for_best_model.")
     metric_for_best_model: str = _f("eval_loss", "Metric that picks the best checkpoint.")
     early_stopping_patience: int = _f(3, "Stop after N evaluations without improvement (0: never).")
+    eval_generate: int = _f(0, "At each evaluation also generate for N fixed validation records and log "
+                               "eval_anls / eval_iou / eval_map_50_95 / eval_cot_compliance (0: off).")
+    generation_max_new_tokens: int = _f(1024, "Token limit of --eval-generate generations.")
 
     def with_overrides(self, overrides: dict[str, Any], *, source: str = "override") -> Preset:
         """A copy with ``overrides`` applied; unknown fields or wrong types are a DocvalError naming the field."""

@@ -147,6 +147,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def write_model_info(directory: Path, *, base_model: str, bbox_format: str) -> None:
     """``docval_sft.json`` beside the weights: what `sample`/`evaluate` need to read the outputs back."""
+    if Path(base_model).is_dir():  # a local base: record where it is, not where it was relative to the cwd
+        base_model = str(Path(base_model).resolve())
     write_json_atomic(directory / MODEL_INFO_FILE, {"base_model": base_model, "bbox_format": bbox_format})
 
 
@@ -333,8 +335,15 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     model = load_model(run.preset)
     callbacks = [TrainingLogCallback(out / LOG_FILE),
                  RichProgressCallback(plan.samples_per_step, enabled=show_progress)]
+    generation_eval = None
+    if data.val is not None and run.preset.eval_generate > 0:
+        from .evaluate import GenerationEval
+
+        n = run.preset.eval_generate
+        generation_eval = GenerationEval(processor, data.val.records[:n], data.val.image_paths[:n], fmt,
+                                         run.preset.generation_max_new_tokens, run.preset.per_device_eval_batch_size)
     trainer = build_trainer(run.preset, model, processor, train_ds, eval_ds, str(out),
-                            report_to=list(run.report_to), callbacks=callbacks)
+                            report_to=list(run.report_to), callbacks=callbacks, generation_eval=generation_eval)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     final = out / FINAL_DIR
     trainer.save_model(str(final))
