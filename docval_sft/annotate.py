@@ -31,7 +31,8 @@ def draw_boxes(image_path: Path, boxes: Sequence[Box], out: Path, caption: str |
     """Write ``out`` (PNG): the image with each box outlined and its label on a filled tag above it, and an
     optional caption band on top (e.g. why a prediction has no box)."""
     with Image.open(image_path) as src:
-        img = src.convert("RGB")
+        rgba = src.convert("RGBA")  # transparency onto white, as the processor shows the page to the model
+    img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     font = _font(max(12, round(min(img.size) / 45)))
     if caption:
         band = font.size + 12 if hasattr(font, "size") else 24

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DocvalError
+from .images import open_image
 from .metrics import accuracy_at, anls, anls_lenient, iou, map_50_95
 from .records import PhaseARecord
 
@@ -138,8 +139,6 @@ def evaluate_records(
     on_batch: Callable[[int], None] | None = None,
 ) -> EvaluationResult:
     """Generate for every record not yet in predictions.jsonl, then write predictions.json and the summary."""
-    from PIL import Image
-
     from .inference import generate
     from .train import write_json_atomic
 
@@ -154,10 +153,7 @@ def evaluate_records(
     with jsonl.open("a", encoding="utf-8") as out:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
-            images = []
-            for _, path in batch:
-                with Image.open(path) as src:
-                    images.append(src.convert("RGB"))
+            images = [open_image(path) for _, path in batch]
             t0 = time.perf_counter()
             texts = generate(student, images, [r.question for r, _ in batch], max_new_tokens=max_new_tokens)
             per_record = (time.perf_counter() - t0) / len(batch)
@@ -218,8 +214,6 @@ class GenerationEval:
         self.bbox_format, self.max_new_tokens, self.batch_size = bbox_format, max_new_tokens, batch_size
 
     def __call__(self, model: Any) -> dict[str, float]:
-        from PIL import Image
-
         from .inference import Student, generate
 
         student = Student(model, self.processor, self.bbox_format, "training")  # type: ignore[arg-type]
@@ -229,10 +223,7 @@ class GenerationEval:
         try:
             for i in range(0, len(self.records), self.batch_size):
                 pairs = list(zip(self.records[i:i + self.batch_size], self.image_paths[i:i + self.batch_size]))
-                images = []
-                for _, path in pairs:
-                    with Image.open(path) as src:
-                        images.append(src.convert("RGB"))
+                images = [open_image(path) for _, path in pairs]
                 texts = generate(student, images, [r.question for r, _ in pairs], max_new_tokens=self.max_new_tokens)
                 rows += [score(r, t, self.bbox_format, im.size, 0.0) for (r, _), im, t in zip(pairs, images, texts)]
         finally:

@@ -88,6 +88,19 @@ def resolve_image(record: PhaseARecord, image_root: Path, data_dir: Path,
     raise ImageProblem("missing_image", f"image {record.image_file!r} not found; tried: {listed}")
 
 
+# 16-bit and float modes: PIL's RGB conversion (which the processors use) clips them to mostly white.
+UNSUPPORTED_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def open_image(path: Path) -> Image.Image:
+    """Decode an image for the model, as the training dataset does: NOT converted here, because the processor's
+    own RGB conversion composites transparency onto white (a plain ``convert("RGB")`` turns a transparent
+    background black)."""
+    with Image.open(path) as img:
+        img.load()
+        return img
+
+
 def check_image(path: Path) -> ImageInfo:
     """Fully decode the image once (catches truncation) and return its size; the pixels are not kept."""
     try:
@@ -96,7 +109,7 @@ def check_image(path: Path) -> ImageInfo:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                return ImageInfo(path, img.width, img.height, img.mode)
+                info = ImageInfo(path, img.width, img.height, img.mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageProblem("image_too_large", f"{path}: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
@@ -104,3 +117,7 @@ def check_image(path: Path) -> ImageInfo:
     except OSError as exc:
         # PIL reports a cut-off file as OSError("image file is truncated ...")
         raise ImageProblem("unreadable_image", f"{path}: cannot decode image ({exc})") from exc
+    if info.mode in UNSUPPORTED_MODES:
+        raise ImageProblem("unsupported_mode", f"{path}: {info.mode} (16-bit/float) image; the RGB conversion "
+                           "would clip it, convert it to 8-bit first")
+    return info

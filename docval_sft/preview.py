@@ -14,7 +14,7 @@ from typing import Any
 from .convert import record_target
 from .errors import DocvalError
 from .format import BboxFormat
-from .images import ImageProblem, check_image, resolve_image
+from .images import ImageProblem, check_image, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter
 from .records import PhaseARecord, load_records
 
@@ -85,11 +85,8 @@ class Preview:
 
 def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, max_length: int | None = None,
                    bbox_format: BboxFormat = "pixel") -> Preview:
-    from PIL import Image
-
     counter = TokenCounter(processor, bbox_format)
-    with Image.open(image_path) as src:
-        image = src.convert("RGB")
+    image = open_image(image_path)
     batch = counter.collate(record, image)
     count = counter.count_batch(batch)
     tok = processor.tokenizer

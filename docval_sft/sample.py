@@ -10,6 +10,7 @@ from typing import Any
 
 from .annotate import PREDICTION, TEACHER, Box, draw_boxes
 from .format import ParsedOutput
+from .images import open_image
 from .inference import Student, generate, parse_prediction
 from .metrics import anls, iou
 from .records import PhaseARecord
@@ -49,10 +50,7 @@ class SampleResult:
 
 def sample(student: Student, image_path: Path, question: str, *, record: PhaseARecord | None = None,
            max_new_tokens: int = 1024, on_text: Callable[[str], None] | None = None) -> SampleResult:
-    from PIL import Image
-
-    with Image.open(image_path) as src:
-        image = src.convert("RGB")
+    image = open_image(image_path)
     start = time.perf_counter()
     (text,) = generate(student, [image], [question], max_new_tokens=max_new_tokens, on_text=on_text)
     seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import Issue
 from .format import BboxFormat
-from .images import ImageInfo, ImageProblem, check_image, resolve_image
+from .images import ImageInfo, ImageProblem, check_image, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter, percentiles
 from .records import LoadResult, PhaseARecord, load_records
 
@@ -138,10 +138,7 @@ def _inspect(record: PhaseARecord, image_path: Path,
     info = check_image(image_path)
     if counter is None:
         return info, None
-    from PIL import Image
-
-    with Image.open(info.path) as img:
-        return info, counter.count(record, img.convert("RGB"))
+    return info, counter.count(record, open_image(info.path))
 
 
 def write_skipped(splits: list[SplitData], path: Path) -> int:

@@ -267,13 +267,35 @@ def test_non_image_file(tmp_path: Path, name: str, content: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "fmt", "name"),
-    [("CMYK", "JPEG", "cmyk.jpg"), ("I;16", "PNG", "gray16.png"), ("RGBA", "PNG", "rgba.png"),
+    [("CMYK", "JPEG", "cmyk.jpg"), ("RGBA", "PNG", "rgba.png"),
      ("P", "PNG", "palette.png"), ("L", "PNG", "gray.png"), ("RGB", "JPEG", "rgb.jpg")],
 )
 def test_unusual_modes_pass(tmp_path: Path, mode: str, fmt: str, name: str) -> None:
     """Valid images in any common mode pass and report their real size and mode."""
     path = png(tmp_path / name, size=(13, 7), mode=mode, fmt=fmt)
     assert check_image(path) == ImageInfo(path, 13, 7, mode)
+
+
+def test_16_bit_images_are_refused_not_clipped(tmp_path: Path) -> None:
+    """PIL's RGB conversion clips 16-bit values to 255 (a white page): an error, never a silent corruption."""
+    path = png(tmp_path / "gray16.png", size=(13, 7), mode="I;16", fmt="PNG")
+    with pytest.raises(ImageProblem) as info:
+        check_image(path)
+    assert info.value.code == "unsupported_mode" and "convert it to 8-bit" in str(info.value)
+
+
+def test_transparent_background_reaches_the_model_white(tmp_path: Path) -> None:
+    """open_image leaves RGBA to the processor, which composites onto white (convert('RGB') would give black)."""
+    from PIL import Image
+    from transformers.image_transforms import convert_to_rgb
+
+    from docval_sft.images import open_image
+
+    path = tmp_path / "transparent.png"
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(path)
+    image = open_image(path)
+    assert image.mode == "RGBA"
+    assert convert_to_rgb(image, return_numpy=True)[0, 0].tolist() == [255, 255, 255]
 
 
 def test_decompression_bomb_is_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
