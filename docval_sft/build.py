@@ -106,6 +106,10 @@ def sft_config_kwargs(preset: Preset, output_dir: str, *, has_eval: bool, report
         metric_for_best_model=preset.metric_for_best_model if load_best else None,
         greater_is_better=None if not load_best else not preset.metric_for_best_model.endswith("loss"),
         report_to=report_to or "none",
+        # Every sample has an image and LoRA adapts only layers that run, so no parameter is ever unused (TRL's
+        # VLM default, True, costs an extra autograd traversal per step). Full fine-tuning also trains the
+        # SigLIP pooling head, which Gemma 3 never runs: DDP must then look for unused parameters.
+        ddp_find_unused_parameters=not preset.use_lora,
         disable_tqdm=True,  # our rich progress bar replaces tqdm's
     )
 

@@ -49,7 +49,12 @@ def command(name: str, app: typer.Typer = app) -> Callable[[F], F]:
                 if _state["debug"]:
                     raise
                 typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(2) from None
+                raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+            except KeyboardInterrupt:
+                if _state["debug"]:
+                    raise
+                typer.echo("error: interrupted", err=True)
+                raise typer.Exit(130) from None
 
         app.command(name)(run)
         return func
@@ -301,11 +306,15 @@ def train_cmd(
     else:
         run, checkpoint = resolve_run(preset, config_file=config, overrides=overrides, run_values=run_values), None
     if dry_run:
-        _print_plan(plan(run, show_progress=not as_json), as_json)
+        resolved = plan(run, show_progress=not as_json)
+        _print_plan(resolved, as_json)
+        if not resolved["ok"]:
+            raise typer.Exit(1)
         return
     result = train(run, resume_from=checkpoint, overwrite=overwrite)
-    typer.echo(f"done: {result.global_step} steps; adapter and processor in {result.final_dir}; "
-               f"log in {run.output_dir / 'training.log'}")
+    if result.main_process:
+        typer.echo(f"done: {result.global_step} steps; adapter and processor in {result.final_dir}; "
+                   f"log in {run.output_dir / 'training.log'}")
 
 
 @command("resume")
@@ -319,7 +328,8 @@ def resume_cmd(
     run, checkpoint = resume_run(run_dir, _overrides({}, set_fields))
     typer.echo(f"resuming {run.output_dir} from {checkpoint.name}")
     result = train(run, resume_from=checkpoint)
-    typer.echo(f"done: {result.global_step} steps; adapter and processor in {result.final_dir}")
+    if result.main_process:
+        typer.echo(f"done: {result.global_step} steps; adapter and processor in {result.final_dir}")
 
 
 def _print_plan(plan: dict[str, Any], as_json: bool) -> None:

@@ -226,15 +226,18 @@ def resume_run(target: Path, overrides: dict[str, Any] | None = None,
 # ---------------------------------------------------------------- the run
 
 
-def prepare_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
+def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output dir that is a file, or a non-empty one without --resume/--overwrite. Writes nothing."""
     if output_dir.exists() and not output_dir.is_dir():
         raise DocvalError(f"--output-dir {output_dir} is a file; choose a directory")
-    if resume:
-        return
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise DocvalError(f"--output-dir {output_dir} is not empty; pass --resume to continue the run in it, "
-                              "--overwrite to replace it, or choose another directory")
+    if not (resume or overwrite) and output_dir.is_dir() and any(output_dir.iterdir()):
+        raise DocvalError(f"--output-dir {output_dir} is not empty; pass --resume to continue the run in it, "
+                          "--overwrite to replace it, or choose another directory")
+
+
+def make_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Create the output dir; with --overwrite, first remove a previous run's artefacts (and only those)."""
+    if overwrite and not resume and output_dir.is_dir():
         for child in output_dir.iterdir():
             if child.name in _ARTIFACTS or _CHECKPOINT.match(child.name):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -257,18 +260,18 @@ class PreparedData:
     train: Any  # validate.SplitData
     val: Any | None
     skipped: int = 0
-    notes: list[str] = field(default_factory=list)
+    report: Any = None  # validate.ValidationReport
 
 
-def prepare_data(run: RunConfig, processor: Any, *, show_progress: bool = False,
-                 skipped_file: Path | None = None) -> PreparedData:
-    """Validate and measure the run's data with the model's processor; errors stop the run unless --skip-bad."""
+def prepare_data(run: RunConfig, processor: Any, *, show_progress: bool = False) -> PreparedData:
+    """Validate and measure the run's data with the model's processor; errors stop the run unless --skip-bad.
+    Writes nothing (the caller writes the --skip-bad report once the output dir exists)."""
     from .validate import validate_data
 
     report = validate_data(
         run.train_data, run.image_dir, val_data=run.val_data, processor=processor,
         max_length=run.preset.max_length, strict=run.strict, skip_bad=run.skip_bad,
-        skipped_file=skipped_file, allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
+        allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
         bbox_format=run.preset.bbox_format,
     )
     if not report.ok:
@@ -280,7 +283,7 @@ def prepare_data(run: RunConfig, processor: Any, *, show_progress: bool = False,
         raise DocvalError(f"{run.train_data}: no usable training record")
     if val is not None and not val.records:
         raise DocvalError(f"{run.val_data}: no usable validation record")
-    return PreparedData(train, val, skipped=report.n_errors if run.skip_bad else 0)
+    return PreparedData(train, val, skipped=report.n_errors if run.skip_bad else 0, report=report)
 
 
 def config_document(run: RunConfig, data: PreparedData, plan: Any) -> dict[str, Any]:
@@ -301,40 +304,67 @@ def config_document(run: RunConfig, data: PreparedData, plan: Any) -> dict[str, 
     }
 
 
+class Interrupted(DocvalError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit code 128 + signal number."""
+
+    def __init__(self, signum: int, output_dir: Path, step: int | None) -> None:
+        import signal
+
+        name = signal.Signals(signum).name if signum else "a signal on another rank"
+        self.exit_code = 128 + signum if signum else 1
+        super().__init__(f"interrupted by {name} at step {step}: checkpoint saved in "
+                         f"{output_dir / f'checkpoint-{step}'}; continue with: docval-sft resume {output_dir}")
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
     final_dir: Path
     global_step: int
     log_history: list[dict[str, Any]]
+    main_process: bool = True
 
 
 def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = False,
           show_progress: bool = True) -> TrainResult:
     """Run (or resume) training end to end and return where the result is."""
+    from accelerate import PartialState
+
     from .build import build_trainer, load_model, load_processor, quiet_libraries, step_plan
-    from .callbacks import RichProgressCallback, TrainingLogCallback
+    from .callbacks import InterruptCallback, RichProgressCallback, TrainingLogCallback
     from .convert import to_dataset
+    from .validate import write_skipped
 
     quiet_libraries()
-
+    # One process, or this rank of a torchrun/accelerate launch (on CPU, gloo needs cpu=True to see the others).
+    state = PartialState(cpu=run.preset.use_cpu)
+    main = state.is_main_process
+    show_progress = show_progress and main
     check_reporters(run.report_to)
     out = run.output_dir
-    prepare_output_dir(out, resume=resume_from is not None, overwrite=overwrite)
+    resume = resume_from is not None
+    # Everything that can fail on the user's input is checked before the first write, so a failed start leaves
+    # no output that looks like a run.
+    check_output_dir(out, resume=resume, overwrite=overwrite)
     processor = load_processor(run.preset)
-    data = prepare_data(run, processor, show_progress=show_progress, skipped_file=out / SKIPPED_FILE)
+    data = prepare_data(run, processor, show_progress=show_progress)
     plan = step_plan(run.preset, len(data.train.records))
-    if resume_from is None:
-        write_json_atomic(out / CONFIG_FILE, config_document(run, data, plan))
-
-    from accelerate import PartialState
+    state.wait_for_everyone()  # every rank checked the directory before rank 0 changes it
+    if main:
+        make_output_dir(out, resume=resume, overwrite=overwrite)
+        if data.skipped:
+            write_skipped(data.report.splits, out / SKIPPED_FILE)
+        if not resume:
+            write_json_atomic(out / CONFIG_FILE, config_document(run, data, plan))
+    state.wait_for_everyone()
 
     fmt = run.preset.bbox_format
     train_ds = to_dataset(data.train.records, data.train.image_paths, fmt, data.train.image_sizes)
     eval_ds = to_dataset(data.val.records, data.val.image_paths, fmt, data.val.image_sizes) if data.val else None
     model = load_model(run.preset)
+    interrupt = InterruptCallback()
     callbacks = [TrainingLogCallback(out / LOG_FILE),
-                 RichProgressCallback(plan.samples_per_step, enabled=show_progress)]
+                 RichProgressCallback(plan.samples_per_step, enabled=show_progress), interrupt]
     generation_eval = None
     if data.val is not None and run.preset.eval_generate > 0:
         from .evaluate import GenerationEval
@@ -345,12 +375,14 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     trainer = build_trainer(run.preset, model, processor, train_ds, eval_ds, str(out),
                             report_to=list(run.report_to), callbacks=callbacks, generation_eval=generation_eval)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if interrupt.received is not None:
+        raise Interrupted(interrupt.received, out, interrupt.stopped_at)
     final = out / FINAL_DIR
     trainer.save_model(str(final))
-    if PartialState().is_main_process:
+    if main:
         processor.save_pretrained(str(final))
         write_model_info(final, base_model=run.preset.model_name_or_path, bbox_format=fmt)
-    return TrainResult(out, final, trainer.state.global_step, list(trainer.state.log_history))
+    return TrainResult(out, final, trainer.state.global_step, list(trainer.state.log_history), main)
 
 
 def dry_run(run: RunConfig, *, show_progress: bool = False) -> dict[str, Any]:

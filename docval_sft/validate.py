@@ -179,7 +179,7 @@ def validate_data(
                 allow_absolute_paths=allow_absolute_paths, on_record=lambda t=task: progress.advance(t),
             ))
     report = ValidationReport(splits, max_length, skip_bad)
-    if skip_bad and report.n_errors:
-        report.skipped_file = Path(skipped_file or "skipped.jsonl")
+    if skip_bad and report.n_errors and skipped_file is not None:
+        report.skipped_file = Path(skipped_file)
         write_skipped(splits, report.skipped_file)
     return report

@@ -1,0 +1,86 @@
+"""Scale out and survive: a 2-process CPU (gloo) run matches 1 process; SIGINT/SIGTERM save and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def train_args(demo, out: Path, *extra: str) -> list[str]:
+    d = demo.data
+    return ["train", "--preset", "demo", "--model", str(demo.model_dir), "--train-data", str(d.train),
+            "--image-dir", str(d.image_dir), "--output-dir", str(out), *extra]
+
+
+def logged_losses(out: Path) -> dict[int, float]:
+    text = (out / "training.log").read_text()
+    return {int(s): float(v) for s, v in re.findall(r"^Step (\d+): loss = ([\d.]+)", text, re.M)}
+
+
+def test_two_process_gloo_run_matches_one_process(demo, tmp_path: Path) -> None:
+    """torchrun --nproc_per_node 2 (CPU, gloo), 2 x 2 samples per step vs 1 x 4: same per-step losses, one final/."""
+    common = ("--max-steps", "4", "--set", "logging_steps=1")
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    one = subprocess.run([sys.executable, "-m", "docval_sft", *train_args(demo, single, "--batch-size", "4", *common)],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    start = time.perf_counter()
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "docval_sft",
+                          *train_args(demo, ddp, "--batch-size", "2", *common)],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - start
+    assert two.returncode == 0, two.stderr[-3000:]
+    print(f"2-process run: {seconds:.1f}s")
+    assert two.stdout.count("done: 4 steps") == 1  # printed by the main process only
+    assert (ddp / "final" / "adapter_model.safetensors").is_file() and len(list(ddp.glob("checkpoint-*"))) == 1
+    config = json.loads((ddp / "training_config.json").read_text())
+    assert config["step_plan"]["world_size"] == 2 and config["step_plan"]["samples_per_step"] == 4
+    a, b = logged_losses(single), logged_losses(ddp)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=2e-3), step
+    log_lines = (ddp / "training.log").read_text().splitlines()
+    assert len([line for line in log_lines if line.startswith("Step 1: loss")]) == 1  # written once
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_checkpoint_and_resume_finishes(demo, tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "docval_sft",
+                             *train_args(demo, out, "--max-steps", "40", "--save-steps", "1000",
+                                         "--set", "logging_steps=1")],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "training.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "Step 3: loss" in log.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    name = signal.Signals(signum).name
+    match = re.search(rf"error: interrupted by {name} at step (\d+): checkpoint saved in (\S+); "
+                      rf"continue with: docval-sft resume {re.escape(str(out))}$", stderr.strip(), re.M)
+    assert match, stderr[-2000:]
+    step = int(match.group(1))
+    assert 3 <= step < 40 and Path(match.group(2)) == out / f"checkpoint-{step}"
+    assert (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert not (out / "final").exists()  # nothing that looks like a finished run
+    assert "Traceback" not in stderr
+    if signum == signal.SIGTERM:
+        return
+    resumed = subprocess.run([sys.executable, "-m", "docval_sft", "resume", str(out)], env=ENV, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"from checkpoint-{step}" in resumed.stdout and "done: 40 steps" in resumed.stdout
+    assert (out / "final" / "adapter_model.safetensors").is_file()
