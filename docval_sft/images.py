@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .errors import DocvalError
 from .records import PhaseARecord
 
 # Folder(s) under the image root for each image_id prefix, in the order they are tried.
@@ -29,8 +30,9 @@ DATASET_DIRS: dict[str, tuple[str, ...]] = {
 DATASET_NAMES = {"cord": "CORD", "docvqa": "DocVQA", "funsd": "FUNSD", "sroie": "SROIE", "visualmrc": "VisualMRC"}
 
 
-class ImageProblem(Exception):
-    """Why a record's image cannot be used; ``code`` is stable, ``str()`` is for humans."""
+class ImageProblem(DocvalError):
+    """Why a record's image cannot be used; ``code`` is stable, ``str()`` is for humans. Uncaught, it is a user
+    error like any other (one line, exit code 2)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -104,6 +106,8 @@ def open_image(path: Path) -> Image.Image:
 def check_image(path: Path) -> ImageInfo:
     """Fully decode the image once (catches truncation) and return its size; the pixels are not kept."""
     try:
+        if path.stat().st_size == 0:  # an interrupted download or copy: say so rather than "not readable"
+            raise ImageProblem("not_an_image", f"{path}: empty file (0 bytes), not an image")
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x MAX_IMAGE_PIXELS; such an image is as unusable for training.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
