@@ -25,6 +25,7 @@ EXPECTED_STEPS = 7
 DATASET_PREFIXES = ("cord", "docvqa", "funsd", "sroie", "visualmrc")
 FALLBACK_BOX = (0, 0, 100, 100)
 FAILED_ANSWERS = {"", "n/a"}
+RECORD_KEYS = {"image_id", "image_file", "question", "cot_steps", "answer_pred", "bbox_pred"}
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,16 @@ def _iter_raw(path: Path) -> Iterator[tuple[int, int | None, Any]]:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DocvalError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}.") from exc
+        except (ValueError, RecursionError) as exc:  # a 5000-digit number, nesting past the parser's depth
+            raise DocvalError(f"{path}: cannot parse JSON: {_why(exc)}.") from exc
         for index, item in enumerate(items):
             yield index, None, item
         return
+    lines = text.splitlines()
+    if text.lstrip().startswith("{"):
+        _refuse_single_object(path, text, sum(1 for line in lines if line.strip()))
     index = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -106,12 +112,47 @@ def _iter_raw(path: Path) -> Iterator[tuple[int, int | None, Any]]:
                 f"{path}:{lineno}:{exc.colno}: malformed JSON Lines record {index}: {exc.msg}. "
                 "Expected a JSON array, or one JSON object per line."
             ) from exc
+        except (ValueError, RecursionError) as exc:
+            raise DocvalError(f"{path}:{lineno}: cannot parse JSON Lines record {index}: {_why(exc)}.") from exc
         yield index, lineno, item
         index += 1
 
 
+def _why(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split("; use sys.set_int_max_str_digits")[0].rstrip(".")  # a hint for programmers, not users
+
+
+def _refuse_single_object(path: Path, text: str, n_lines: int) -> None:
+    """A file that is ONE JSON object (``{"data": [...]}``, or a pretty-printed record) is not JSON Lines: say so
+    instead of reporting line 1 as malformed, or the wrapper as a record with every field missing."""
+    try:
+        whole = json.loads(text)
+    except (ValueError, RecursionError):
+        return  # not one JSON value: JSON Lines, whose parser names the bad line
+    if not isinstance(whole, dict):
+        return
+    wrapper = not RECORD_KEYS & whole.keys() and any(
+        isinstance(v, list) and v and all(isinstance(i, dict) for i in v) for v in whole.values())
+    if n_lines > 1 or wrapper:
+        keys = ", ".join(repr(k) for k in list(whole)[:5]) + (", ..." if len(whole) > 5 else "")
+        raise DocvalError(f"{path}: the file is a single JSON object (keys {keys}), not a list of records; expected "
+                          "a JSON array of record objects, or JSON Lines (one record object per line).")
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def unicode_problem(value: str) -> str | None:
+    """Why ``value`` is not valid Unicode text (an unpaired surrogate such as ``"\\ud800"`` from a JSON escape,
+    which the tokenizer and every UTF-8 writer reject), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"contains an unpaired surrogate {value[exc.start]!r} at character {exc.start}, which is not valid "
+                "Unicode; fix the text (a split emoji or a bad \\u escape in the producer)")
+    return None
 
 
 def check_box(value: Any) -> str | None:
@@ -161,6 +202,9 @@ class _RecordChecker:
         if non_empty and not value.strip():
             self.error(name, "empty", "must not be empty")
             return None
+        if (why := unicode_problem(value)) is not None:
+            self.error(name, "invalid_unicode", why)
+            return None
         return value
 
 
@@ -170,6 +214,8 @@ def parse_record(raw: Any, loc: Location, *, strict: bool = False) -> tuple[Phas
         issue = Issue(loc, None, "wrong_type", f"expected a JSON object, got {type(raw).__name__}")
         return None, [issue]
     image_id = raw.get("image_id") if isinstance(raw.get("image_id"), str) else None
+    if image_id is not None and unicode_problem(image_id):  # keep every message printable as UTF-8
+        image_id = image_id.encode("utf-8", "backslashreplace").decode("utf-8")
     loc = Location(loc.file, loc.index, loc.line, image_id)
     c = _RecordChecker(loc, strict)
 
@@ -177,6 +223,9 @@ def parse_record(raw: Any, loc: Location, *, strict: bool = False) -> tuple[Phas
     image_path = raw.get("image_path") or raw.get("image")
     if image_path is not None and not isinstance(image_path, str):
         c.error("image_path", "wrong_type", f"expected a path string, got {type(image_path).__name__}")
+        image_path = None
+    elif image_path is not None and (why := unicode_problem(image_path)) is not None:
+        c.error("image_path", "invalid_unicode", why)
         image_path = None
     image_file = c.text(raw, "image_file", required=image_path is None)
     if image_file is not None and (Path(image_file).name != image_file or image_file in {".", ".."}):
@@ -196,6 +245,8 @@ def parse_record(raw: Any, loc: Location, *, strict: bool = False) -> tuple[Phas
         for i, step in enumerate(steps):
             if not step:
                 c.error("cot_steps", "empty_step", f"step {i + 1} is empty")
+            elif (why := unicode_problem(step)) is not None:
+                c.error("cot_steps", "invalid_unicode", f"step {i + 1} {why}")
             elif "\n" in step or "\r" in step:
                 c.error("cot_steps", "multiline", f"step {i + 1} contains a line break; each step must be one line")
         if not steps:

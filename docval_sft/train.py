@@ -68,6 +68,11 @@ class RunConfig:
 
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"preset", "base_preset"}
+# Types a YAML run file must use for the run's own keys (preset fields are checked by presets.coerce_fields).
+_RUN_FIELD_TYPES: dict[str, type] = {"train_data": str, "val_data": str, "image_dir": str, "output_dir": str,
+                                     "strict": bool, "skip_bad": bool, "allow_absolute_paths": bool,
+                                     "report_to": list}
+_KIND_NAMES = {str: "a path string", bool: "true or false", list: "a list such as [tensorboard]"}
 
 
 def resolve_run(
@@ -102,7 +107,7 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(_read_text(path))
     except OSError as exc:
         raise DocvalError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
     except yaml.YAMLError as exc:
@@ -111,6 +116,13 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise DocvalError(f"{path}: expected a mapping of preset fields, got {type(data).__name__}")
+    if "preset" in data and not isinstance(data["preset"], str):
+        raise DocvalError(f"{path}: key 'preset': expected a preset name, got {data['preset']!r}")
+    for key, kind in _RUN_FIELD_TYPES.items():
+        if key in data and data[key] is not None and not isinstance(data[key], kind):
+            raise DocvalError(f"{path}: key '{key}': expected {_KIND_NAMES[kind]}, got {data[key]!r}")
+    if isinstance(data.get("report_to"), list) and not all(isinstance(x, str) for x in data["report_to"]):
+        raise DocvalError(f"{path}: key 'report_to': expected a list of names, got {data['report_to']!r}")
     unknown = [k for k in data if k not in RUN_FIELDS and k != "preset" and k not in Preset.__dataclass_fields__]
     if unknown:
         raise DocvalError(f"{path}: unknown key '{unknown[0]}'; keys are preset fields (see `docval-sft presets show "
@@ -161,11 +173,26 @@ def read_model_info(directory: Path) -> dict[str, Any]:
 def read_run_config(output_dir: Path) -> dict[str, Any]:
     path = output_dir / CONFIG_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(_read_text(path))
     except FileNotFoundError:
         raise DocvalError(f"{path} not found: {output_dir} is not a docval-sft run directory") from None
     except json.JSONDecodeError as exc:
         raise DocvalError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from exc
+    run = saved.get("run") if isinstance(saved, dict) else None
+    if not (isinstance(saved.get("preset") if isinstance(saved, dict) else None, dict) and isinstance(run, dict)
+            and all(isinstance(run.get(k), str) for k in ("train_data", "image_dir"))):
+        raise DocvalError(f"{path}: not a docval-sft training_config.json (needs 'preset' and 'run' with "
+                          "train_data and image_dir)")
+    return saved
+
+
+def _read_text(path: Path) -> str:
+    """UTF-8 text of a config file; a file in another encoding is a one-line error, not a traceback."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocvalError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from exc
 
 
 def run_from_saved(saved: dict[str, Any], output_dir: Path) -> RunConfig:
@@ -230,6 +257,9 @@ def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None
     """Refuse an output dir that is a file, or a non-empty one without --resume/--overwrite. Writes nothing."""
     if output_dir.exists() and not output_dir.is_dir():
         raise DocvalError(f"--output-dir {output_dir} is a file; choose a directory")
+    blocker = next((p for p in output_dir.absolute().parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise DocvalError(f"--output-dir {output_dir}: {blocker} is a file, not a directory")
     if not (resume or overwrite) and output_dir.is_dir() and any(output_dir.iterdir()):
         raise DocvalError(f"--output-dir {output_dir} is not empty; pass --resume to continue the run in it, "
                           "--overwrite to replace it, or choose another directory")
@@ -339,7 +369,10 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     # One process, or this rank of a torchrun/accelerate launch (on CPU, gloo needs cpu=True to see the others).
     state = PartialState(cpu=run.preset.use_cpu)
     main = state.is_main_process
-    show_progress = show_progress and main
+    if show_progress:
+        from rich.console import Console
+
+        show_progress = main and Console().is_terminal  # no bars (nor their blank lines) in logs and pipes
     check_reporters(run.report_to)
     out = run.output_dir
     resume = resume_from is not None

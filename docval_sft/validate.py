@@ -114,7 +114,8 @@ def prepare_split(
             image_path = resolve_image(record, image_root, data_dir, allow_absolute_paths=allow_absolute_paths)
             info, count = _inspect(record, image_path, counter)
         except ImageProblem as problem:
-            split.issues.append(Issue(record.location, "image_file", problem.code, str(problem)))
+            field_name = "image_path" if record.image_path is not None else "image_file"
+            split.issues.append(Issue(record.location, field_name, problem.code, str(problem)))
             continue
         if count is not None and max_length is not None and count.total > max_length:
             split.issues.append(Issue(
