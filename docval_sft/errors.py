@@ -62,3 +62,17 @@ class Issue:
             "message": self.message,
             "text": str(self),
         }
+
+
+class IssueList:
+    """Mixin for results that carry ``issues``: their errors and warnings."""
+
+    issues: list[Issue]
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DocvalError, Issue, Location
+from .errors import DocvalError, Issue, IssueList, Location
 from .format import strip_step_prefix
 
 EXPECTED_STEPS = 7
@@ -55,21 +55,13 @@ class PhaseARecord:
 
 
 @dataclass
-class LoadResult:
+class LoadResult(IssueList):
     """Records that passed validation, plus every issue found (errors exclude their record)."""
 
     file: Path
     records: list[PhaseARecord] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     n_total: int = 0
-
-    @property
-    def errors(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == "warning"]
 
 
 def _iter_raw(path: Path) -> Iterator[tuple[int, int | None, Any]]:

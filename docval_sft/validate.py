@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Issue
+from .errors import Issue, IssueList
 from .format import BboxFormat
 from .images import ImageInfo, ImageProblem, check_image, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter, percentiles
@@ -23,7 +23,7 @@ from .records import LoadResult, PhaseARecord, load_records
 
 
 @dataclass
-class SplitData:
+class SplitData(IssueList):
     """One validated split: usable records with their image paths, plus everything found on the way."""
 
     name: str
@@ -34,14 +34,6 @@ class SplitData:
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     token_counts: list[TokenCount] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == "warning"]
 
     def summary(self) -> dict[str, Any]:
         per_dataset = Counter(r.prefix or "unknown" for r in self.records)
