@@ -1,0 +1,158 @@
+"""benchmarks/gpu.py: the shipped Gemma 3 12B config, the FLOP accounting and a CPU run of every GPU preset."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu.py"
+CONFIG = ROOT / "benchmarks" / "gemma3_12b_config.json"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def meta_model(config):
+    from transformers import Gemma3ForConditionalGeneration
+
+    with torch.device("meta"):
+        return Gemma3ForConditionalGeneration(copy.deepcopy(config))
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def independent_counts(config) -> tuple[int, int, int]:
+    """(total, non-embedding language model, vision tower without its position embedding), counted here."""
+    model = meta_model(config)
+    lm, vision = model.model.language_model, model.model.vision_tower
+    return (count(model), count(lm) - lm.embed_tokens.weight.numel(),
+            count(vision) - vision.embeddings.position_embedding.weight.numel())
+
+
+def test_shipped_12b_config_has_gemma3_12b_parameter_count() -> None:
+    from transformers import Gemma3Config
+
+    raw = {k: v for k, v in json.loads(CONFIG.read_text()).items() if not k.startswith("_")}
+    config = Gemma3Config(**raw)
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.num_attention_heads,
+            text.num_key_value_heads, text.head_dim, text.vocab_size) == (3840, 15360, 48, 16, 8, 256, 262208)
+    assert text.rope_parameters["full_attention"] == {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}
+    assert text.rope_parameters["sliding_attention"]["rope_theta"] == 1e4
+    assert text.layer_types.count("full_attention") == 8 and text.sliding_window == 1024
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.image_size, vision.patch_size) == (1152, 27, 896, 14)
+
+    model = meta_model(config)
+    total = count(model)
+    lm = count(model.model.language_model)
+    vis = count(model.model.vision_tower)
+    proj = count(model.model.multi_modal_projector)
+    print(f"\nGemma 3 12B: total {total:,} = language model {lm:,} + vision tower {vis:,} + projector {proj:,}")
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight  # tied: counted once
+    assert total == lm + vis + proj
+    assert abs(total - 12.19e9) / 12.19e9 < 0.005, total
+    assert abs(vis - 0.417e9) / 0.417e9 < 0.01, vis  # SigLIP so400m without its pooling head
+
+    counts = load_bench().param_counts(config)  # the script reports the same numbers
+    assert (counts["total"], counts["language_model"], counts["vision_tower"]) == (total, lm, vis)
+
+
+def test_flop_formula_and_layout_for_12b() -> None:
+    bench = load_bench()
+    from docval_sft.presets import get_preset
+
+    config = bench.make_config("full")
+    assert bench.sample_layout(config, 760) == {"image_tokens": 256, "prompt_tokens": 100, "target_tokens": 401}
+    assert bench.sample_layout(config, 2048) == {"image_tokens": 256, "prompt_tokens": 100, "target_tokens": 1689}
+    assert bench.vision_patches(config) == 4096
+    _, n_lm, n_vis = independent_counts(config)
+    counts = bench.param_counts(config)
+    assert (counts["lm_nonembedding"], counts["vision_nonembedding"]) == (n_lm, n_vis)
+    a100, full = get_preset("a100"), get_preset("full-ft")
+    assert bench.model_flops_per_step(counts, config, a100, 760) == 16 * (4 * n_lm * 760 + 2 * n_vis * 4096)
+    assert bench.model_flops_per_step(counts, config, full, 2048) == 32 * (6 * n_lm * 2048 + 6 * n_vis * 4096)
+
+
+def test_synthetic_batch_matches_trls_vision_collator(tmp_path: Path) -> None:
+    """Same keys, dtypes and masking conventions as DataCollatorForVisionLanguageModeling's Gemma 3 batches."""
+    from PIL import Image
+
+    from docval_sft.lengths import vision_collator
+    from docval_sft.tiny import build_tiny_processor
+
+    bench = load_bench()
+    config = bench.make_config("tiny")
+    processor = build_tiny_processor(tmp_path, image_size=config.vision_config.image_size,
+                                     image_seq_length=config.mm_tokens_per_image)
+    question = {"type": "text", "text": "What is the total?"}
+    example = {"prompt": [{"role": "user", "content": [{"type": "image"}, question]}],
+               "completion": [{"role": "assistant", "content": [{"type": "text", "text": "ANSWER: 12.50"}]}],
+               "images": [Image.new("RGB", (80, 60), "white")]}
+    real = vision_collator(processor)([example])
+    synthetic = bench.SyntheticCollator(config, 128)([{"images": [0]}, {"images": [1]}])
+    assert set(synthetic) == set(real)
+    assert {k: v.dtype for k, v in synthetic.items()} == {k: v.dtype for k, v in real.items()}
+    size = config.vision_config.image_size
+    assert synthetic["pixel_values"].shape == (2, 3, size, size) == (2, *real["pixel_values"].shape[1:])
+    ids, labels = synthetic["input_ids"], synthetic["labels"]
+    assert ids.shape == (2, 128) and not torch.equal(ids[0], ids[1])
+    assert torch.equal(synthetic["token_type_ids"], (ids == config.image_token_index).long())
+    assert int((ids[0] == config.image_token_index).sum()) == config.mm_tokens_per_image
+    layout = bench.sample_layout(config, 128)
+    assert int((labels[0] != -100).sum()) == layout["target_tokens"]
+    assert torch.equal(labels[labels != -100], ids[labels != -100])
+    assert bool(synthetic["attention_mask"].all())
+
+
+@pytest.mark.slow
+def test_cpu_run_of_every_gpu_preset_reports_consistent_measurements() -> None:
+    from docval_sft.presets import get_preset
+
+    presets = ["a100", "3090-8bit", "full-ft"]
+    seq = 128
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--scale", "tiny", "--presets", *presets, "--steps", "2", "--warmup", "1",
+         "--seq", str(seq)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    rows = [r for r in lines if "preset" in r]
+    assert [r["preset"] for r in rows] == presets, done.stdout
+
+    bench = load_bench()
+    config = bench.make_config("tiny")
+    total, n_lm, n_vis = independent_counts(config)
+    patches = bench.vision_patches(config)
+    for row in rows:
+        preset = get_preset(row["preset"])
+        assert "skipped" not in row, row
+        samples = preset.per_device_train_batch_size * preset.gradient_accumulation_steps
+        assert row["samples_per_step"] == samples and row["seq_len"] == seq
+        assert row["s_per_step"] > 0 and row["tokens_per_s"] > 0 and row["samples_per_s"] > 0
+        assert math.isclose(row["samples_per_s"], samples / row["s_per_step"], rel_tol=0.01)
+        assert math.isclose(row["tokens_per_s"], samples * seq / row["s_per_step"], rel_tol=0.01)
+        c_lm, c_vis = (4, 2) if preset.use_lora else (6, 6)  # the docstring's formula
+        assert row["model_flops_per_step"] == samples * (c_lm * n_lm * seq + c_vis * n_vis * patches)
+        assert row["mfu"] is None and row["peak_flops"] is None and row["device"] == "cpu"  # no GPU peak here
+        assert len(row["step_end_times_s"]) == 3 and math.isfinite(row["train_loss"])
+        assert row["load_in_8bit"] == preset.load_in_8bit
+        if preset.use_lora:
+            assert 0 < row["trainable_params"] < total
+        else:
+            assert row["trainable_params"] == total
