@@ -222,7 +222,9 @@ def build_trainer(preset: Preset, model: Any, processor: Any, train_dataset: Any
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     args = build_sft_config(preset, output_dir, has_eval=eval_dataset is not None, report_to=report_to)
-    callbacks = list(callbacks or [])
+    from .callbacks import FrozenVisionTowerCallback
+
+    callbacks = [*(callbacks or []), FrozenVisionTowerCallback()]
     if args.load_best_model_at_end and preset.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=preset.early_stopping_patience))
     trainer = trainer_class()(

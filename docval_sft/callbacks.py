@@ -150,3 +150,24 @@ class InterruptCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._restore()
+
+
+class FrozenVisionTowerCallback(TrainerCallback):
+    """Stop backward passes through a frozen vision tower.
+
+    With gradient checkpointing and a PEFT model, transformers hooks EVERY sub-model's input embeddings to output
+    tensors that require grad, the SigLIP patch embedding included; autograd then back-propagates through all
+    vision layers although nothing there trains (a LoRA on the language model only). Removing that one hook
+    leaves the adapter's gradients bit-identical (tested) and saves the vision backward (an estimated ~10% of a
+    12B step). The hook is re-added when training starts, hence ``on_train_begin``.
+    """
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        tower = getattr(getattr(base, "model", None), "vision_tower", None)
+        if tower is None or any(p.requires_grad for p in tower.parameters()):
+            return
+        embeddings = tower.get_input_embeddings()
+        for hook_id, hook in list(embeddings._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == "make_inputs_require_grads":
+                del embeddings._forward_hooks[hook_id]  # a private dict: RemovableHandle is not kept per module

@@ -167,3 +167,36 @@ def test_tensorboard_logs_and_early_stopping_are_wired(demo, tmp_path: Path) -> 
     assert state["best_metric"] == min(h["eval_loss"] for h in state["log_history"] if "eval_loss" in h)
     callbacks = state["stateful_callbacks"]
     assert "EarlyStoppingCallback" in callbacks
+
+
+def test_frozen_vision_tower_gets_no_backward_pass(demo, tmp_path: Path) -> None:
+    """With gradient checkpointing (a100's setting) transformers would back-propagate through the frozen SigLIP
+    tower; our callback stops that, and the trained adapter is bit-identical either way."""
+    from docval_sft.build import build_trainer, load_model, load_processor
+    from docval_sft.callbacks import FrozenVisionTowerCallback
+    from docval_sft.convert import to_dataset
+    from docval_sft.presets import get_preset
+    from docval_sft.validate import prepare_split
+
+    split = prepare_split("train", demo.data.train, demo.data.image_dir)
+    dataset = to_dataset(split.records[:8], split.image_paths[:8])
+    preset = get_preset("demo").with_overrides({"model_name_or_path": str(demo.model_dir), "max_steps": 2,
+                                                 "gradient_checkpointing": True, "save_steps": 1000})
+
+    def run(keep_callback: bool) -> tuple[int, dict[str, torch.Tensor]]:
+        trainer = build_trainer(preset, load_model(preset), load_processor(preset), dataset, None,
+                                str(tmp_path / str(keep_callback)), report_to=[])
+        if not keep_callback:
+            trainer.remove_callback(FrozenVisionTowerCallback)
+        calls: list[int] = []
+        tower = trainer.model.get_base_model().model.vision_tower
+        tower.encoder.layers[0].register_full_backward_hook(lambda *args: calls.append(1))
+        trainer.train()
+        weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+        return len(calls), weights
+
+    with_cb, weights = run(True)
+    without_cb, reference = run(False)
+    assert with_cb == 0 and without_cb > 0
+    assert weights.keys() == reference.keys()
+    assert all(torch.equal(weights[k], reference[k]) for k in weights)
