@@ -1,7 +1,7 @@
 """Training throughput, MFU and peak memory of each preset on a random model with Gemma 3 12B's architecture.
 
     python benchmarks/gpu.py [--presets a100 3090-8bit full-ft] [--seq 760 2048] [--steps 5] [--warmup 2]
-                             [--scale full|tiny] [--load direct|checkpoint] [--vision-grad library|removed|both]
+                             [--scale full|tiny] [--load direct|checkpoint] [--vision-grad library|kept|both]
                              [--budget-s S] [--out FILE] [--peak-flops F] [--dry-run]
 
 Prints one JSON line per (preset, sequence length) to stdout (``"bench": "gpu"``), after one ``"event": "model"``
@@ -33,9 +33,10 @@ What runs
 * **Vision-tower gradients** (``--vision-grad``): with gradient checkpointing, transformers'
   ``enable_input_require_grads`` (called by the Trainer, SFTTrainer and ``prepare_model_for_kbit_training``) hooks
   *every* input embedding, SigLIP's patch embedding included, so autograd recomputes and back-propagates through the
-  whole frozen vision tower although nothing there is trained. ``library`` (default) measures that, as docval_sft
-  trains today; ``removed`` drops that one hook once training starts (:func:`drop_vision_input_grads`; LoRA weights
-  after training are bitwise identical on the tiny model); ``both`` measures each way.
+  whole frozen vision tower although nothing there is trained. docval_sft's builder drops that one hook when training
+  starts (``FrozenVisionTowerCallback``; LoRA weights after training are bitwise identical, tested). ``library``
+  (default) measures docval_sft as it trains; ``kept`` removes that callback to measure the transformers default
+  (the before of that speed fix); ``both`` measures each way.
 * **Batches**: every sample has exactly ``--seq`` tokens (no padding) and one image:
   ``<bos> <boi> image_token x mm_tokens_per_image <eoi> prompt x p target x t`` with ``p = min(100, r // 5)``,
   ``t = r - p``, ``r = seq - 3 - mm_tokens_per_image``. For 12B at 760: 256 image tokens, p = 100, t = 401 (the
@@ -405,27 +406,6 @@ def step_timer() -> Any:
     return StepTimer()
 
 
-def drop_vision_input_grads(model: Any) -> Any:
-    """``--vision-grad removed``: a callback that, once the Trainer has enabled gradient checkpointing, removes the
-    ``make_inputs_require_grads`` hook transformers' ``enable_input_require_grads`` puts on *every* input embedding --
-    including SigLIP's patch embedding. With the hook, autograd recomputes and back-propagates through all vision
-    layers although nothing there is trainable (LoRA on the language model only); without it the LoRA gradients
-    are bitwise identical (checked on the tiny model), the vision backward is gone."""
-    from transformers import TrainerCallback
-
-    class DropVisionInputGrads(TrainerCallback):
-        removed = 0
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            embeddings = model.model.vision_tower.get_input_embeddings()
-            for key, hook in list(embeddings._forward_hooks.items()):
-                if getattr(hook, "__name__", "") == "make_inputs_require_grads":
-                    del embeddings._forward_hooks[key]
-                    self.removed += 1
-
-    return DropVisionInputGrads()
-
-
 def base_record(preset: Any, config: Any, counts: dict[str, int], seq_len: int, args: argparse.Namespace,
                 device_name: str) -> dict[str, Any]:
     c_lm, c_vis = flop_coefficients(preset)
@@ -479,12 +459,12 @@ def measure(preset: Any, config: Any, counts: dict[str, int], seq_len: int, sour
     model = source.build(run_preset)
     timer = step_timer()
     callbacks = [timer]
-    dropper = None
-    if record["vision_grad"] == "removed":
-        dropper = drop_vision_input_grads(model)
-        callbacks.append(dropper)
     trainer = build_trainer(run_preset, model, processor, synthetic_dataset(samples * total_steps), None,
                             str(workdir / f"out-{preset.name}-{seq_len}"), report_to=[], callbacks=callbacks)
+    if record["vision_grad"] == "kept":
+        from docval_sft.callbacks import FrozenVisionTowerCallback
+
+        trainer.remove_callback(FrozenVisionTowerCallback)
     trainer.data_collator = SyntheticCollator(config, seq_len, seed=preset.seed)
     setup_s = time.perf_counter() - t0
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -501,8 +481,7 @@ def measure(preset: Any, config: Any, counts: dict[str, int], seq_len: int, sour
     s_per_step = (ends[-1] - ends[args.warmup - 1]) / args.steps
     flops = record["model_flops_per_step"]
     peak_flops = record["peak_flops"]
-    extra = {"vision_hooks_removed": dropper.removed} if dropper is not None else {}
-    del trainer, model, dropper, callbacks  # main() collects the cycles (trainer <-> callbacks <-> model)
+    del trainer, model, callbacks  # main() collects the cycles (trainer <-> callbacks <-> model)
     return {
         **record, "setup_s": round(setup_s, 3), "trainable_params": trainable,
         "s_per_step": s_per_step, "tokens_per_s": samples * seq_len / s_per_step,
@@ -510,7 +489,6 @@ def measure(preset: Any, config: Any, counts: dict[str, int], seq_len: int, sour
         "mfu": flops / s_per_step / peak_flops if peak_flops else None,
         "peak_gpu_mem_bytes": peak, "peak_gpu_mem_gib": round(peak / 2**30, 2) if peak is not None else None,
         "model_gpu_mem_bytes": resident,
-        **extra,
         "train_loss": result.training_loss, "step_end_times_s": [round(t - ends[0], 4) for t in ends],
     }
 
@@ -531,9 +509,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="start no new measurement after this many seconds (it is reported as skipped)")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
     parser.add_argument("--dry-run", action="store_true", help="print the FLOP accounting only; train nothing")
-    parser.add_argument("--vision-grad", choices=("library", "removed", "both"), default="library",
-                        help="library: as docval_sft trains today; removed: without the input-grad hook on the "
-                             "frozen vision tower (see drop_vision_input_grads); both: measure each way")
+    parser.add_argument("--vision-grad", choices=("library", "kept", "both"), default="library",
+                        help="library: as docval_sft trains (no backward through the frozen vision tower); kept: "
+                             "transformers' default, which back-propagates through it; both: measure each way")
     parser.add_argument("--cpu-threads", type=int, default=1,
                         help="torch threads without a GPU (default 1: OpenMP spin-waits make tiny matmuls on a busy "
                              "machine far slower with more)")
@@ -579,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         for preset in presets:
             source = ModelSource(config, args.load, workdir / preset.name)
             (workdir / preset.name).mkdir(parents=True, exist_ok=True)
-            variants = ["library", "removed"] if args.vision_grad == "both" else [args.vision_grad]
+            variants = ["library", "kept"] if args.vision_grad == "both" else [args.vision_grad]
             if not preset.use_lora or preset.lora_vision_tower:
                 variants = ["library"]  # the vision tower needs its gradients there
             for seq_len, vision_grad in [(s, v) for s in args.seq for v in variants]:

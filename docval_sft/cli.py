@@ -161,20 +161,32 @@ def _presets_list(ctx: typer.Context) -> None:
 
     from .presets import PRESETS
 
+    from .presets import measured_performance
+
+    measured = measured_performance()
     table = Table(title="docval-sft presets")
-    for col in ("name", "model", "LoRA", "weights", "batch x accum", "lr", "max_length"):
+    for col in ("name", "model", "LoRA", "weights", "batch x accum", "lr", "max_length", "measured"):
         table.add_column(col, overflow="fold", no_wrap=col == "name")
     for p in PRESETS.values():
         lora = f"r{p.lora_r}/a{p.lora_alpha}" + (" +vision" if p.lora_vision_tower else "") if p.use_lora else "full"
         quant = "8-bit" if p.load_in_8bit else "4-bit" if p.load_in_4bit else p.dtype
         table.add_row(p.name, p.model_name_or_path, lora, quant,
                       f"{p.per_device_train_batch_size} x {p.gradient_accumulation_steps}", f"{p.learning_rate:g}",
-                      str(p.max_length))
+                      str(p.max_length), _measured_cell(measured.get(p.name)))
     console = Console()
     console.print(table)
     for p in PRESETS.values():
         console.print(f"[bold]{p.name}[/bold]: {p.description}", highlight=False)
-    console.print("Details: docval-sft presets show NAME [--yaml]")
+    console.print("Details: docval-sft presets show NAME [--yaml]. Measurements: docs/performance.md"
+                  + ("" if measured else " (no GPU measurement recorded yet)"))
+
+
+def _measured_cell(m: Optional[dict[str, Any]]) -> str:
+    if not m:
+        return "not yet"
+    mfu = f", MFU {m['mfu']:.0%}" if m.get("mfu") else ""
+    return (f"{m['s_per_step']:.2f} s/step{mfu}, peak {m['peak_gpu_mem_gib']} GiB, guide run "
+            f"{m['guide_run_hours']:.1f} h ({m['device']}, {m['date']})")
 
 
 @command("show", app=presets_app)

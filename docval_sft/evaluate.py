@@ -222,10 +222,12 @@ class GenerationEval:
         rows = []
         try:
             for i in range(0, len(self.records), self.batch_size):
-                pairs = list(zip(self.records[i:i + self.batch_size], self.image_paths[i:i + self.batch_size]))
+                end = i + self.batch_size
+                pairs = list(zip(self.records[i:end], self.image_paths[i:end], strict=True))
                 images = [open_image(path) for _, path in pairs]
                 texts = generate(student, images, [r.question for r, _ in pairs], max_new_tokens=self.max_new_tokens)
-                rows += [score(r, t, self.bbox_format, im.size, 0.0) for (r, _), im, t in zip(pairs, images, texts)]
+                rows += [score(r, t, self.bbox_format, im.size, 0.0)
+                         for (r, _), im, t in zip(pairs, images, texts, strict=True)]
         finally:
             model.train(was_training)
         s = summarise(rows)

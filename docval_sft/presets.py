@@ -131,6 +131,14 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def measured_performance() -> dict[str, dict[str, Any]]:
+    """GPU measurements per preset recorded by benchmarks/record_gpu.py (empty until a GPU run is recorded)."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).with_name("performance.json")).read_text(encoding="utf-8"))
+
+
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]

@@ -156,3 +156,25 @@ def test_cpu_run_of_every_gpu_preset_reports_consistent_measurements() -> None:
             assert 0 < row["trainable_params"] < total
         else:
             assert row["trainable_params"] == total
+
+
+def test_record_gpu_turns_measurements_into_the_presets_column(tmp_path: Path) -> None:
+    """The recorder's arithmetic on a hand-made line (not a measurement): guide run = 312 steps x s/step."""
+    import subprocess
+    import sys
+
+    from docval_sft.cli import _measured_cell
+
+    line = {"bench": "gpu", "preset": "a100", "scale": "full", "seq_len": 760, "s_per_step": 10.0,
+            "tokens_per_s": 1216.0, "mfu": 0.25, "peak_gpu_mem_gib": 30.5, "device": "TEST DEVICE",
+            "vision_grad": "library"}
+    jsonl, table = tmp_path / "gpu.jsonl", tmp_path / "performance.json"
+    jsonl.write_text(json.dumps(line) + "\n" + json.dumps({**line, "seq_len": 2048, "s_per_step": 30.0}) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "record_gpu.py"), str(jsonl), "--date",
+                           "2026-01-02", "--file", str(table)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    row = json.loads(table.read_text())["a100"]
+    assert row["seq_len"] == 760 and row["guide_run_steps"] == 312
+    assert row["guide_run_hours"] == round(312 * 10.0 / 3600, 2)
+    assert _measured_cell(row) == "10.00 s/step, MFU 25%, peak 30.5 GiB, guide run 0.9 h (TEST DEVICE, 2026-01-02)"
+    assert _measured_cell(None) == "not yet"

@@ -89,7 +89,7 @@ def test_field_errors(tmp_path: Path, change: dict, drop: tuple, field: str, cod
     assert (issue.field, issue.code, issue.severity) == (field, code, "error")
     assert needle in issue.message
     assert issue.location.index == 1 and issue.location.file.name == "data.json"
-    assert f"record 1" in str(issue) and f"field '{field}'" in str(issue)
+    assert "record 1" in str(issue) and f"field '{field}'" in str(issue)
     assert len(result.records) == 1  # the bad record is excluded, the good one kept
 
 
