@@ -67,8 +67,14 @@ def sft_config_kwargs(preset: Preset, output_dir: str, *, has_eval: bool, report
     """Keyword arguments of the run's ``SFTConfig`` (a plain dict, so --dry-run can print it without a GPU)."""
     evaluate = has_eval and preset.eval_steps > 0
     load_best = preset.load_best_model_at_end and evaluate
+    from .evaluate import GENERATION_METRICS
+
     metric = preset.metric_for_best_model.removeprefix("eval_")
-    if load_best and metric not in ("loss", "mean_token_accuracy") and preset.eval_generate <= 0:
+    known = ("loss", "mean_token_accuracy", "entropy", *GENERATION_METRICS)
+    if load_best and metric not in known:  # caught now, not at the first evaluation hours into the run
+        raise DocvalError(f"metric_for_best_model {preset.metric_for_best_model!r} is not a metric; choose one of "
+                          + ", ".join(f"eval_{m}" for m in known))
+    if load_best and metric in GENERATION_METRICS and preset.eval_generate <= 0:
         raise DocvalError(f"metric_for_best_model {preset.metric_for_best_model!r} is a generation metric: it "
                           "needs --eval-generate N (records generated at each evaluation)")
     if load_best and preset.save_steps % preset.eval_steps:

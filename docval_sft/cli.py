@@ -75,9 +75,9 @@ def _console(json_mode: bool):  # noqa: ANN202 - rich imported lazily
 
 
 def _bbox_format(value: str) -> Any:
-    if value not in ("pixel", "norm1000"):
-        raise DocvalError(f"--bbox-format {value!r}: choose pixel or norm1000")
-    return value
+    from .presets import coerce_fields
+
+    return coerce_fields({"bbox_format": value}, source="--bbox-format")["bbox_format"]
 
 
 def _load_processor(model: str) -> Any:
@@ -218,7 +218,7 @@ def presets_show_cmd(
 # ---------------------------------------------------------------- train / resume
 
 # Preset overrides: each parameter is named exactly like the preset field it sets, so the command collects
-# them generically (no flag -> field if-chain); the flag spellings are the Phase B1 guide's.
+# every such parameter generically (no flag -> field if-chain); the flag spellings are the Phase B1 guide's.
 Model = Annotated[Optional[str], typer.Option("--model", help="Base model id or local directory.")]
 Epochs = Annotated[Optional[float], typer.Option("--epochs", min=0, help="Passes over the training data.")]
 MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps (-1: epochs decide).")]
@@ -240,15 +240,12 @@ EvalGenerate = Annotated[Optional[int], typer.Option("--eval-generate", min=0, h
 MetricBest = Annotated[Optional[str], typer.Option("--metric-for-best-model", help="eval_loss (default) or a generation metric, e.g. eval_anls.")]
 BboxFmt = Annotated[Optional[str], typer.Option("--bbox-format", help="Target box coordinates: pixel (original) or norm1000.")]
 SetFields = Annotated[Optional[list[str]], typer.Option("--set", help="Override any preset field: --set lora_dropout=0 (repeatable).")]
-_FLAG_FIELDS = ("model_name_or_path", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "learning_rate", "use_lora", "load_in_8bit", "max_length", "lora_r",
-                "lora_alpha", "lora_vision_tower", "bf16", "eval_steps", "save_steps", "gradient_checkpointing",
-                "attn_implementation", "seed", "bbox_format", "eval_generate", "metric_for_best_model")
-
 
 def _overrides(values: dict[str, Any], set_fields: Optional[list[str]]) -> dict[str, Any]:
     """Preset overrides from the named flags (skipping unset ones) and from --set key=value."""
-    out = {name: values[name] for name in _FLAG_FIELDS if values.get(name) is not None}
+    from .presets import Preset
+
+    out = {name: value for name, value in values.items() if name in Preset.__dataclass_fields__ and value is not None}
     for item in set_fields or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -476,8 +473,6 @@ def merge_cmd(
     """Merge a LoRA adapter into its base: a full model that AutoModelForImageTextToText loads (Phase B2)."""
     from .merge import merge_adapter
 
-    if dtype not in ("bfloat16", "float16", "float32"):
-        raise DocvalError(f"--dtype {dtype!r}: choose bfloat16, float16 or float32")
     merged = merge_adapter(model, adapter, out, dtype=dtype)
     typer.echo(f"merged model + processor in {merged}")
 
@@ -501,7 +496,8 @@ def evaluate_cmd(
 
     console = _console(as_json)
     result = evaluate(model, adapter, test_data, image_dir, output_dir, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, limit=limit, resume=resume, show_progress=console.is_terminal)
+                      max_new_tokens=max_new_tokens, limit=limit, resume=resume, show_progress=console.is_terminal,
+                      dtype=dtype)
     if as_json:
         typer.echo(json.dumps(result.summary, ensure_ascii=False))
     else:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .format import render_target
+
 __all__ = ["DATASETS", "DemoPaths", "make_records", "write_bad_records", "write_demo_data"]
 
 DATASETS = ("CORD", "DocVQA", "FUNSD", "SROIE", "VisualMRC")
@@ -487,8 +489,7 @@ def _cot(rng: random.Random, desc: str, f: _Field) -> list[str]:
 
 def _record(rng: random.Random, image_id: str, image_file: str, dataset: str, doc: _Doc, f: _Field) -> dict:
     steps = _cot(rng, doc.desc, f)
-    raw = "\n".join(["REASONING:", *(f"Step {i}: {s}" for i, s in enumerate(steps, 1)), "",
-                     f"ANSWER: {f.answer}", f"BBOX: {f.box}"])
+    raw = render_target(steps, f.answer, f.box)  # the teacher's text in the target layout
     return {"image_id": image_id, "image_file": image_file, "dataset": dataset, "question": f.question,
             "answer_gt": f.answer if dataset in _GT_DATASETS else "", "bbox_gt": None, "cot_steps": steps,
             "answer_pred": f.answer, "bbox_pred": list(f.box),

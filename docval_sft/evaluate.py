@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DocvalError
+from .files import write_json_atomic, write_text_atomic
 from .images import open_image
 from .metrics import accuracy_at, anls, anls_lenient, iou, map_50_95
 from .records import PhaseARecord
@@ -113,9 +114,24 @@ def read_done(path: Path) -> dict[int, dict[str, Any]]:
                 break  # the run died mid-write; that record is simply evaluated again
             raise DocvalError(f"{path}:{number}: malformed line; delete the file to start over") from None
         done[row["index"]] = row
-    good = "".join(json.dumps(done[i], ensure_ascii=False) + "\n" for i in done)
-    path.write_text(good, encoding="utf-8")  # rewrite without a torn tail so appends stay line-aligned
+    if len(done) < len(lines):  # rewrite without the torn tail, so appends stay line-aligned
+        write_text_atomic(path, "".join(json.dumps(done[i], ensure_ascii=False) + "\n" for i in done))
     return done
+
+
+def generate_rows(student: Any, pairs: Sequence[tuple[PhaseARecord, Path]], *, batch_size: int,
+                  max_new_tokens: int) -> Iterator[list[dict[str, Any]]]:
+    """Greedy generation in batches; yields the scored rows of each batch (for flushing and progress)."""
+    from .inference import generate
+
+    for i in range(0, len(pairs), batch_size):
+        batch = pairs[i:i + batch_size]
+        images = [open_image(path) for _, path in batch]
+        start = time.perf_counter()
+        texts = generate(student, images, [r.question for r, _ in batch], max_new_tokens=max_new_tokens)
+        per_record = (time.perf_counter() - start) / len(batch)
+        yield [score(record, text, student.bbox_format, image.size, per_record)
+               for (record, _), image, text in zip(batch, images, texts, strict=True)]
 
 
 @dataclass
@@ -138,10 +154,8 @@ def evaluate_records(
     info: dict[str, Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvaluationResult:
-    """Generate for every record not yet in predictions.jsonl, then write predictions.json and the summary."""
-    from .inference import generate
-    from .train import write_json_atomic
-
+    """Generate for every record not yet in predictions.jsonl, then write predictions.json and the summary.
+    ``on_batch(n)`` reports progress: first the records already done, then each batch."""
     output_dir.mkdir(parents=True, exist_ok=True)
     jsonl = output_dir / PREDICTIONS_JSONL
     if jsonl.exists() and not resume:
@@ -149,21 +163,17 @@ def evaluate_records(
                           "--output-dir")
     done = read_done(jsonl) if resume else {}
     todo = [(r, p) for r, p in zip(records, image_paths, strict=True) if r.location.index not in done]
+    if on_batch:
+        on_batch(len(records) - len(todo))
     start = time.perf_counter()
     with jsonl.open("a", encoding="utf-8") as out:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i:i + batch_size]
-            images = [open_image(path) for _, path in batch]
-            t0 = time.perf_counter()
-            texts = generate(student, images, [r.question for r, _ in batch], max_new_tokens=max_new_tokens)
-            per_record = (time.perf_counter() - t0) / len(batch)
-            for (record, _), image, text in zip(batch, images, texts, strict=True):
-                row = score(record, text, student.bbox_format, image.size, per_record)
-                done[record.location.index] = row
+        for rows in generate_rows(student, todo, batch_size=batch_size, max_new_tokens=max_new_tokens):
+            for row in rows:
+                done[row["index"]] = row
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()  # an interrupted run keeps every finished batch
             if on_batch:
-                on_batch(len(batch))
+                on_batch(len(rows))
     seconds = time.perf_counter() - start
     order = {r.location.index: n for n, r in enumerate(records)}
     rows = sorted((row for idx, row in done.items() if idx in order), key=lambda row: order[row["index"]])
@@ -183,26 +193,25 @@ def evaluate(model: str | None, adapter: Path | None, test_data: Path, image_dir
     from .inference import load_student
     from .validate import prepare_split
 
-    split = prepare_split("test", test_data, image_dir)
+    split = prepare_split("test", test_data, image_dir, limit=limit)
     if split.errors:
         raise DocvalError(f"{len(split.errors)} record error(s) in {test_data}, first: {split.errors[0]}. "
                           "Check them with `docval-sft validate-data`")
-    records, paths = split.records[:limit], split.image_paths[:limit]
+    records, paths = split.records, split.image_paths
     student = load_student(model, adapter, dtype=dtype)
     info = {"model": student.source, "test_data": str(test_data), "bbox_format": student.bbox_format}
     with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   disable=not show_progress) as progress:
         task = progress.add_task("evaluate", total=len(records))
-        if resume:
-            progress.update(task, completed=len(set(read_done(output_dir / PREDICTIONS_JSONL))
-                                                & {r.location.index for r in records}))
         return evaluate_records(student, records, paths, output_dir, batch_size=batch_size,
                                 max_new_tokens=max_new_tokens, resume=resume, info=info,
                                 on_batch=lambda n: progress.advance(task, n))
 
 
-# Metrics logged by --eval-generate at each evaluation (prefixed "eval_"); any may be metric_for_best_model.
-GENERATION_METRICS = ("anls", "anls_lenient", "iou", "map_50_95", "acc_iou_50", "cot_compliance")
+# Metrics logged by --eval-generate at each evaluation (prefixed "eval_"; any may be metric_for_best_model),
+# and the summarise() key each one is.
+GENERATION_METRICS = {"anls": "anls_standard", "anls_lenient": "avg_anls", "iou": "avg_iou",
+                      "map_50_95": "map_50_95", "acc_iou_50": "acc_iou_50", "cot_compliance": "cot_compliance"}
 
 
 class GenerationEval:
@@ -214,22 +223,16 @@ class GenerationEval:
         self.bbox_format, self.max_new_tokens, self.batch_size = bbox_format, max_new_tokens, batch_size
 
     def __call__(self, model: Any) -> dict[str, float]:
-        from .inference import Student, generate
+        from .inference import Student
 
         student = Student(model, self.processor, self.bbox_format, "training")  # type: ignore[arg-type]
         was_training = model.training
         model.eval()
-        rows = []
         try:
-            for i in range(0, len(self.records), self.batch_size):
-                end = i + self.batch_size
-                pairs = list(zip(self.records[i:end], self.image_paths[i:end], strict=True))
-                images = [open_image(path) for _, path in pairs]
-                texts = generate(student, images, [r.question for r, _ in pairs], max_new_tokens=self.max_new_tokens)
-                rows += [score(r, t, self.bbox_format, im.size, 0.0)
-                         for (r, _), im, t in zip(pairs, images, texts, strict=True)]
+            pairs = list(zip(self.records, self.image_paths, strict=True))
+            rows = [row for batch in generate_rows(student, pairs, batch_size=self.batch_size,
+                                                   max_new_tokens=self.max_new_tokens) for row in batch]
         finally:
             model.train(was_training)
-        s = summarise(rows)
-        return {"anls": s["anls_standard"], "anls_lenient": s["avg_anls"], "iou": s["avg_iou"],
-                "map_50_95": s["map_50_95"], "acc_iou_50": s["acc_iou_50"], "cot_compliance": s["cot_compliance"]}
+        summary = summarise(rows)
+        return {name: summary[key] for name, key in GENERATION_METRICS.items()}

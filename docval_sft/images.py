@@ -95,16 +95,9 @@ UNSUPPORTED_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def open_image(path: Path) -> Image.Image:
-    """Decode an image for the model, as the training dataset does: NOT converted here, because the processor's
-    own RGB conversion composites transparency onto white (a plain ``convert("RGB")`` turns a transparent
-    background black)."""
-    with Image.open(path) as img:
-        img.load()
-        return img
-
-
-def check_image(path: Path) -> ImageInfo:
-    """Fully decode the image once (catches truncation) and return its size; the pixels are not kept."""
+    """Decode and check an image for the model (ImageProblem if it cannot be used). It is NOT converted here:
+    the processor's own RGB conversion composites transparency onto white, as for the training dataset (a
+    plain ``convert("RGB")`` turns a transparent background black)."""
     try:
         if path.stat().st_size == 0:  # an interrupted download or copy: say so rather than "not readable"
             raise ImageProblem("not_an_image", f"{path}: empty file (0 bytes), not an image")
@@ -112,8 +105,7 @@ def check_image(path: Path) -> ImageInfo:
             # PIL only warns between 1x and 2x MAX_IMAGE_PIXELS; such an image is as unusable for training.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                img.load()
-                info = ImageInfo(path, img.width, img.height, img.mode)
+                img.load()  # a full decode: catches truncation
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageProblem("image_too_large", f"{path}: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
@@ -121,7 +113,13 @@ def check_image(path: Path) -> ImageInfo:
     except OSError as exc:
         # PIL reports a cut-off file as OSError("image file is truncated ...")
         raise ImageProblem("unreadable_image", f"{path}: cannot decode image ({exc})") from exc
-    if info.mode in UNSUPPORTED_MODES:
-        raise ImageProblem("unsupported_mode", f"{path}: {info.mode} (16-bit/float) image; the RGB conversion "
+    if img.mode in UNSUPPORTED_MODES:
+        raise ImageProblem("unsupported_mode", f"{path}: {img.mode} (16-bit/float) image; the RGB conversion "
                            "would clip it, convert it to 8-bit first")
-    return info
+    return img
+
+
+def check_image(path: Path) -> ImageInfo:
+    """Check that the image can be used and return its size (the pixels are released)."""
+    img = open_image(path)
+    return ImageInfo(path, img.width, img.height, img.mode)

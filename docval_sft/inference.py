@@ -14,7 +14,7 @@ from typing import Any
 from .convert import build_prompt
 from .errors import DocvalError
 from .format import BboxFormat, ParsedOutput, from_norm1000, parse_output
-from .train import read_model_info
+from .files import read_model_info
 
 
 @dataclass
@@ -50,11 +50,17 @@ def adapter_base_model(adapter_dir: Path) -> str:
     return str(base)
 
 
+DTYPES = ("bfloat16", "float16", "float32")
+
+
 def inference_dtype(dtype: str, use_cpu: bool) -> Any:
+    """``auto``: bf16 on a GPU, fp32 on the CPU (which has no fast bf16 matmuls)."""
     import torch
 
     if dtype == "auto":
         return torch.float32 if use_cpu else torch.bfloat16
+    if dtype not in DTYPES:
+        raise DocvalError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
     return getattr(torch, dtype)
 
 
@@ -83,7 +89,8 @@ def load_student(model: str | None, adapter: str | Path | None = None, *, dtype:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = inference_dtype(dtype, device == "cpu")
     try:
-        net = AutoModelForImageTextToText.from_pretrained(weights, dtype=torch_dtype)
+        # straight onto the device: no full CPU copy of the weights first (24 GB for a 12B model in bf16)
+        net = AutoModelForImageTextToText.from_pretrained(weights, dtype=torch_dtype, device_map={"": device})
     except (OSError, ValueError) as exc:
         raise DocvalError(f"cannot load model {weights!r}: {str(exc).splitlines()[0]}") from exc
     if lora:
@@ -93,7 +100,7 @@ def load_student(model: str | None, adapter: str | Path | None = None, *, dtype:
     processor_source = str(adapter_dir) if adapter_dir is not None and _has_processor(adapter_dir) else weights
     processor = AutoProcessor.from_pretrained(processor_source)
     source = f"{base} + {adapter_dir}" if lora else str(weights)
-    return Student(net.to(device).eval(), processor, info.get("bbox_format", "pixel"), source)
+    return Student(net.eval(), processor, info.get("bbox_format", "pixel"), source)
 
 
 def stop_token_ids(student: Student) -> list[int]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import DocvalError
-from .inference import adapter_base_model
-from .train import read_model_info, write_model_info
+from .inference import adapter_base_model, inference_dtype
+from .files import read_model_info, write_model_info
 
 
 def merge_adapter(model: str | None, adapter: Path, out: Path, *, dtype: str = "bfloat16") -> Path:
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -28,7 +27,7 @@ def merge_adapter(model: str | None, adapter: Path, out: Path, *, dtype: str = "
     info = read_model_info(adapter)
     base = model or adapter_base_model(adapter)
     try:
-        net = AutoModelForImageTextToText.from_pretrained(base, dtype=getattr(torch, dtype))
+        net = AutoModelForImageTextToText.from_pretrained(base, dtype=inference_dtype(dtype, use_cpu=True))
     except (OSError, ValueError) as exc:
         raise DocvalError(f"cannot load base model {base!r}: {str(exc).splitlines()[0]}") from exc
     merged = PeftModel.from_pretrained(net, str(adapter)).merge_and_unload()

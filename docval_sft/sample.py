@@ -10,7 +10,7 @@ from typing import Any
 
 from .annotate import PREDICTION, TEACHER, Box, draw_boxes
 from .format import ParsedOutput
-from .images import check_image, open_image
+from .images import open_image
 from .inference import Student, generate, parse_prediction
 from .metrics import anls, iou
 from .records import PhaseARecord
@@ -50,8 +50,7 @@ class SampleResult:
 
 def sample(student: Student, image_path: Path, question: str, *, record: PhaseARecord | None = None,
            max_new_tokens: int = 1024, on_text: Callable[[str], None] | None = None) -> SampleResult:
-    check_image(image_path)  # a clear error (truncated, not an image, 16-bit) before loading anything else
-    image = open_image(image_path)
+    image = open_image(image_path)  # a clear error (truncated, not an image, 16-bit), not a PIL traceback
     start = time.perf_counter()
     (text,) = generate(student, [image], [question], max_new_tokens=max_new_tokens, on_text=on_text)
     seconds = time.perf_counter() - start

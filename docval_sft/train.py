@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DocvalError
+from .files import write_json_atomic, write_model_info
 from .presets import Preset, coerce_fields, get_preset
 
 CONFIG_FILE = "training_config.json"
 LOG_FILE = "training.log"
 FINAL_DIR = "final"
 SKIPPED_FILE = "skipped.jsonl"
-MODEL_INFO_FILE = "docval_sft.json"
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # report_to name -> module that must be importable
 _ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, SKIPPED_FILE, "runs")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -59,19 +59,20 @@ class RunConfig:
         return {k: v for k, v in self.preset.to_dict().items() if base.get(k) != v and k not in ("name",)}
 
     def run_fields(self) -> dict[str, Any]:
-        return {
-            "train_data": str(self.train_data), "val_data": str(self.val_data) if self.val_data else None,
-            "image_dir": str(self.image_dir), "output_dir": str(self.output_dir), "strict": self.strict,
-            "skip_bad": self.skip_bad, "allow_absolute_paths": self.allow_absolute_paths,
-            "report_to": list(self.report_to),
-        }
+        """The run's own fields as JSON values (paths as strings, report_to as a list)."""
+        def plain(value: Any) -> Any:
+            return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+
+        return {name: plain(getattr(self, name)) for name in _RUN_FIELD_TYPES}
 
 
-RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"preset", "base_preset"}
-# Types a YAML run file must use for the run's own keys (preset fields are checked by presets.coerce_fields).
+# The run's own keys (all RunConfig fields but the preset) and the type a YAML run file must give each; preset
+# fields are checked by presets.coerce_fields.
 _RUN_FIELD_TYPES: dict[str, type] = {"train_data": str, "val_data": str, "image_dir": str, "output_dir": str,
                                      "strict": bool, "skip_bad": bool, "allow_absolute_paths": bool,
                                      "report_to": list}
+RUN_FIELDS = set(_RUN_FIELD_TYPES)
+assert RUN_FIELDS == {f.name for f in dataclasses.fields(RunConfig)} - {"preset", "base_preset"}
 _KIND_NAMES = {str: "a path string", bool: "true or false", list: "a list such as [tensorboard]"}
 
 
@@ -84,8 +85,8 @@ def resolve_run(
 ) -> RunConfig:
     """Preset < YAML file < flags. ``overrides`` are preset fields, ``run_values`` data/output locations."""
     yaml_values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
-    name = preset_name or yaml_values.pop("preset", None) or "a100"
-    yaml_values.pop("preset", None)
+    yaml_preset = yaml_values.pop("preset", None)
+    name = preset_name or yaml_preset or "a100"
     yaml_run = {k: yaml_values.pop(k) for k in list(yaml_values) if k in RUN_FIELDS}
     preset = get_preset(name).with_overrides(yaml_values, source=str(config_file))
     preset = preset.with_overrides(overrides or {}, source="command line")
@@ -126,7 +127,7 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
     unknown = [k for k in data if k not in RUN_FIELDS and k != "preset" and k not in Preset.__dataclass_fields__]
     if unknown:
         raise DocvalError(f"{path}: unknown key '{unknown[0]}'; keys are preset fields (see `docval-sft presets show "
-                          "a100`) or train_data, val_data, image_dir, output_dir, strict, skip_bad")
+                          f"a100`) or {', '.join(sorted(RUN_FIELDS))}")
     return dict(data)
 
 
@@ -149,25 +150,6 @@ def library_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def write_model_info(directory: Path, *, base_model: str, bbox_format: str) -> None:
-    """``docval_sft.json`` beside the weights: what `sample`/`evaluate` need to read the outputs back."""
-    if Path(base_model).is_dir():  # a local base: record where it is, not where it was relative to the cwd
-        base_model = str(Path(base_model).resolve())
-    write_json_atomic(directory / MODEL_INFO_FILE, {"base_model": base_model, "bbox_format": bbox_format})
-
-
-def read_model_info(directory: Path) -> dict[str, Any]:
-    """The model info of an adapter or merged dir; {} for a plain model directory or hub id."""
-    path = Path(directory) / MODEL_INFO_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def read_run_config(output_dir: Path) -> dict[str, Any]:

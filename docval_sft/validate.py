@@ -1,8 +1,8 @@
 """Validate Phase A files end to end: records, images, and (given a processor) token lengths.
 
 ``prepare_split`` is what both ``validate-data`` and ``train`` run, so a file that validates is a file that
-trains. Each image is decoded once, its size checked, its tokens counted, then released: memory does not grow
-with the number of images. With ``skip_bad`` record-level errors drop the record and are written to a
+trains. Each image is decoded once (also when several records ask about it), checked, its tokens counted, then
+released: memory does not grow with the number of images. With ``skip_bad`` record-level errors drop the record and are written to a
 ``skipped.jsonl`` report instead of failing the run; nothing is ever replaced or silently dropped.
 """
 
@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Issue, IssueList
+from .files import write_text_atomic
 from .format import BboxFormat
-from .images import ImageInfo, ImageProblem, check_image, open_image, resolve_image
+from .images import ImageInfo, ImageProblem, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter, percentiles
 from .records import LoadResult, PhaseARecord, load_records
 
@@ -94,17 +95,22 @@ def prepare_split(
     strict: bool = False,
     allow_absolute_paths: bool = False,
     on_record: Callable[[], None] | None = None,
+    limit: int | None = None,
 ) -> SplitData:
-    """Load, validate and (with ``counter``) measure one file. Records with an error are not in ``records``."""
+    """Load, validate and (with ``counter``) measure one file. Records with an error are not in ``records``.
+    ``limit`` stops after that many usable records (the rest of the file is parsed, its images not opened)."""
     loaded: LoadResult = load_records(path, strict=strict)
     split = SplitData(name, loaded.file, loaded.n_total, issues=list(loaded.issues))
     image_root, data_dir = Path(image_dir), loaded.file.parent
+    last_page: dict[str, Any] = {}
     for record in loaded.records:
+        if limit is not None and len(split.records) >= limit:
+            break
         if on_record:
             on_record()
         try:
             image_path = resolve_image(record, image_root, data_dir, allow_absolute_paths=allow_absolute_paths)
-            info, count = _inspect(record, image_path, counter)
+            info, count = _inspect(record, image_path, counter, last_page)
         except ImageProblem as problem:
             field_name = "image_path" if record.image_path is not None else "image_file"
             split.issues.append(Issue(record.location, field_name, problem.code, str(problem)))
@@ -125,22 +131,29 @@ def prepare_split(
     return split
 
 
-def _inspect(record: PhaseARecord, image_path: Path,
-             counter: TokenCounter | None) -> tuple[ImageInfo, TokenCount | None]:
-    """Check the image (a full decode) and, with a counter, count the record's tokens on it."""
-    info = check_image(image_path)
-    if counter is None:
-        return info, None
-    return info, counter.count(record, open_image(info.path))
+def _inspect(record: PhaseARecord, image_path: Path, counter: TokenCounter | None,
+             last: dict[str, Any]) -> tuple[ImageInfo, TokenCount | None]:
+    """Decode and check the image once and, with a counter, count the record's tokens on it. Records about the
+    same page are consecutive (DocVQA: ~4 questions a page), so the last page is kept for the next record."""
+    if last.get("path") != image_path:
+        last.clear()
+        last["path"] = image_path
+        try:
+            last["image"] = open_image(image_path)
+        except ImageProblem as problem:
+            last["problem"] = problem
+    if "problem" in last:
+        raise last["problem"]
+    image = last["image"]
+    info = ImageInfo(image_path, image.width, image.height, image.mode)
+    return info, counter.count(record, image) if counter is not None else None
 
 
 def write_skipped(splits: list[SplitData], path: Path) -> int:
     """Write every record-level error as one JSON line (the --skip-bad report); returns the count."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [dict(i.to_dict(), split=s.name) for s in splits for i in s.errors]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return len(rows)
 
 
