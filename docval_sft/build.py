@@ -166,14 +166,15 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
 
 
-def load_processor(preset: Preset) -> Any:
+def load_processor(source: Preset | str) -> Any:
+    """The processor of a preset's model, or of a model id / directory; a failure is one line."""
     from transformers import AutoProcessor
 
+    name = source.model_name_or_path if isinstance(source, Preset) else source
     try:
-        return AutoProcessor.from_pretrained(preset.model_name_or_path)
+        return AutoProcessor.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        raise DocvalError(f"cannot load the processor of {preset.model_name_or_path!r}: "
-                          f"{str(exc).splitlines()[0]}") from exc
+        raise DocvalError(f"cannot load the processor of {name!r}: {str(exc).splitlines()[0]}") from exc
 
 
 def load_model(preset: Preset) -> Any:

@@ -80,15 +80,6 @@ def _bbox_format(value: str) -> Any:
     return coerce_fields({"bbox_format": value}, source="--bbox-format")["bbox_format"]
 
 
-def _load_processor(model: str) -> Any:
-    from transformers import AutoProcessor
-
-    try:
-        return AutoProcessor.from_pretrained(model)
-    except (OSError, ValueError) as exc:
-        raise DocvalError(f"cannot load a processor from {model!r}: {str(exc).splitlines()[0]}") from exc
-
-
 @command("validate-data")
 def validate_data_cmd(
     train_data: TrainData,
@@ -109,7 +100,9 @@ def validate_data_cmd(
     if max_length is not None and model is None:
         raise DocvalError("--max-length needs --model (token counts come from the model's processor)")
     console = _console(as_json)
-    processor = _load_processor(model) if model else None
+    from .build import load_processor
+
+    processor = load_processor(model) if model else None
     report = validate_data(
         train_data, image_dir, val_data=val_data, processor=processor, max_length=max_length, strict=strict,
         skip_bad=skip_bad, skipped_file=skipped_out, allow_absolute_paths=allow_absolute_paths,
@@ -395,7 +388,9 @@ def preview_sample_cmd(
     if index is not None and image_id is not None:
         raise DocvalError("give --index or --image-id, not both")
     settings = get_preset(preset or "a100")
-    processor = _load_processor(model or settings.model_name_or_path)
+    from .build import load_processor
+
+    processor = load_processor(model or settings.model_name_or_path)
     record, image_path = select_record(train_data, image_dir, index=index, image_id=image_id,
                                        allow_absolute_paths=allow_absolute_paths)
     result = preview_sample(record, image_path, processor, max_length=max_length or settings.max_length,
