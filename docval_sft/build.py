@@ -121,9 +121,14 @@ def sft_config_kwargs(preset: Preset, output_dir: str, *, has_eval: bool, report
 
 
 def build_sft_config(preset: Preset, output_dir: str, *, has_eval: bool, report_to: list[str]) -> Any:
+    """The run's SFTConfig; transformers' own argument checks (e.g. bf16 without a GPU) become one-line errors."""
     from trl import SFTConfig
 
-    return SFTConfig(**sft_config_kwargs(preset, output_dir, has_eval=has_eval, report_to=report_to))
+    try:
+        return SFTConfig(**sft_config_kwargs(preset, output_dir, has_eval=has_eval, report_to=report_to))
+    except ValueError as exc:
+        hint = " (without a bf16 GPU: --no-bf16, and --set use_cpu=true on a CPU)" if "bf16" in str(exc) else ""
+        raise DocvalError(f"invalid training configuration: {str(exc).splitlines()[0]}{hint}") from exc
 
 
 @dataclass(frozen=True)

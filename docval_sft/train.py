@@ -342,7 +342,7 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     """Run (or resume) training end to end and return where the result is."""
     from accelerate import PartialState
 
-    from .build import build_trainer, load_model, load_processor, quiet_libraries, step_plan
+    from .build import build_sft_config, build_trainer, load_model, load_processor, quiet_libraries, step_plan
     from .callbacks import InterruptCallback, RichProgressCallback, TrainingLogCallback
     from .convert import to_dataset
     from .validate import write_skipped
@@ -364,6 +364,8 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     processor = load_processor(run.preset)
     data = prepare_data(run, processor, show_progress=show_progress)
     plan = step_plan(run.preset, len(data.train.records))
+    # transformers checks its arguments (bf16 support, strategies) when the config is built: do it before writing
+    build_sft_config(run.preset, str(out), has_eval=data.val is not None, report_to=list(run.report_to))
     state.wait_for_everyone()  # every rank checked the directory before rank 0 changes it
     if main:
         make_output_dir(out, resume=resume, overwrite=overwrite)

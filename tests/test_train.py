@@ -200,3 +200,19 @@ def test_frozen_vision_tower_gets_no_backward_pass(demo, tmp_path: Path) -> None
     assert with_cb == 0 and without_cb > 0
     assert weights.keys() == reference.keys()
     assert all(torch.equal(weights[k], reference[k]) for k in weights)
+
+
+def test_a100_preset_on_a_cpu_machine_is_one_clear_line_and_writes_nothing(demo, tmp_path: Path, monkeypatch) -> None:
+    """transformers refuses bf16 without a GPU when the config is built: before anything is written."""
+    import transformers.training_args as ta
+
+    monkeypatch.setattr(ta, "is_torch_bf16_gpu_available", lambda *a, **k: False)
+    out = tmp_path / "run"
+    d = demo.data
+    result = runner.invoke(app, ["train", "--preset", "a100", "--model", str(demo.model_dir), "--train-data",
+                                 str(d.train), "--image-dir", str(d.image_dir), "--output-dir", str(out),
+                                 "--max-steps", "1"])
+    assert result.exit_code == 2
+    assert "invalid training configuration: Your setup doesn't support bf16" in result.stderr
+    assert "--no-bf16" in result.stderr and "Traceback" not in result.output
+    assert not out.exists()
