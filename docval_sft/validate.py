@@ -96,12 +96,15 @@ def prepare_split(
     allow_absolute_paths: bool = False,
     on_record: Callable[[], None] | None = None,
     limit: int | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> SplitData:
     """Load, validate and (with ``counter``) measure one file. Records with an error are not in ``records``.
     ``limit`` stops after that many usable records (the rest of the file is parsed, its images not opened)."""
     loaded: LoadResult = load_records(path, strict=strict)
     split = SplitData(name, loaded.file, loaded.n_total, issues=list(loaded.issues))
     image_root, data_dir = Path(image_dir), loaded.file.parent
+    if on_total:
+        on_total(len(loaded.records) if limit is None else min(limit, len(loaded.records)))
     last_page: dict[str, Any] = {}
     for record in loaded.records:
         if limit is not None and len(split.records) >= limit:
@@ -183,6 +186,7 @@ def validate_data(
             splits.append(prepare_split(
                 name, path, image_dir, counter=counter, max_length=max_length, strict=strict,
                 allow_absolute_paths=allow_absolute_paths, on_record=lambda t=task: progress.advance(t),
+                on_total=lambda n, t=task: progress.update(t, total=n),
             ))
     report = ValidationReport(splits, max_length, skip_bad)
     if skip_bad and report.n_errors and skipped_file is not None:
