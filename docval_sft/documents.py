@@ -26,10 +26,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .format import render_target
+from .records import DATASETS as _RELEASED
 
 __all__ = ["DATASETS", "DemoPaths", "make_records", "write_bad_records", "write_demo_data"]
 
-DATASETS = ("CORD", "DocVQA", "FUNSD", "SROIE", "VisualMRC")
+DATASETS = tuple(_RELEASED.values())
 MIN_SIDE, MAX_SIDE = 300, 1200
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 _FONT_FILES = {"sans": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf",

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import DocvalError
-from .records import PhaseARecord
+from .records import DATASETS, PhaseARecord
 
 # Folder(s) under the image root for each image_id prefix, in the order they are tried.
 DATASET_DIRS: dict[str, tuple[str, ...]] = {
@@ -26,8 +26,6 @@ DATASET_DIRS: dict[str, tuple[str, ...]] = {
     "sroie": ("SROIE", "SROIE/SROIE2019/train/img", "SROIE/SROIE2019/test/img"),
     "visualmrc": ("VisualMRC",),
 }
-# Canonical folder name of each prefix, for the generic <root>/<DATASET>/images/<file> place.
-DATASET_NAMES = {"cord": "CORD", "docvqa": "DocVQA", "funsd": "FUNSD", "sroie": "SROIE", "visualmrc": "VisualMRC"}
 
 
 class ImageProblem(DocvalError):
@@ -68,7 +66,7 @@ def candidate_paths(record: PhaseARecord, image_root: Path, data_dir: Path,
         return [data_dir / local]
     prefix = record.prefix
     dirs = list(DATASET_DIRS.get(prefix, ()))
-    name = DATASET_NAMES.get(prefix, record.dataset or "")
+    name = DATASETS.get(prefix, record.dataset or "")  # for the generic <root>/<DATASET>/images/<file> place
     places = [image_root / d / record.image_file for d in dirs] + [image_root / record.image_file]
     if name:
         places.append(image_root / name / "images" / record.image_file)

@@ -123,29 +123,15 @@ def prompt_text(processor: Any, question: str) -> str:
     return apply_chat_template({"prompt": messages}, processor)["prompt"]
 
 
-class _Streamer:
-    """Minimal streamer: decodes new tokens incrementally and hands finished text pieces to ``on_text``."""
+def _streamer(tokenizer: Any, on_text: Callable[[str], None]) -> Any:
+    """transformers' TextStreamer (prompt skipped, special tokens dropped), handing text to ``on_text``."""
+    from transformers import TextStreamer
 
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
-        self.tokenizer, self.on_text = tokenizer, on_text
-        self.ids: list[int] = []
-        self.printed = 0
-        self.prompt_seen = False
+    class CallbackStreamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            on_text(text)
 
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # the first call carries the prompt
-            self.prompt_seen = True
-            return
-        self.ids.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
-            self.on_text(text[self.printed:])
-            self.printed = len(text)
-
-    def end(self) -> None:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if len(text) > self.printed:
-            self.on_text(text[self.printed:])
+    return CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def generate(student: Student, images: Sequence[Any], questions: Sequence[str], *, max_new_tokens: int = 1024,
@@ -159,7 +145,7 @@ def generate(student: Student, images: Sequence[Any], questions: Sequence[str], 
     prompts = [prompt_text(processor, q) for q in questions]
     inputs = processor(images=[[img] for img in images], text=prompts, padding=True, padding_side="left",
                        return_tensors="pt", add_special_tokens=False).to(student.device)
-    streamer = _Streamer(processor.tokenizer, on_text) if on_text is not None else None
+    streamer = _streamer(processor.tokenizer, on_text) if on_text is not None else None
     with torch.inference_mode():
         out = student.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                                      eos_token_id=stop_token_ids(student), streamer=streamer,

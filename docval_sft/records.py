@@ -21,8 +21,9 @@ from .errors import DocvalError, Issue, IssueList, Location
 from .format import strip_step_prefix
 
 EXPECTED_STEPS = 7
-# image_id prefixes of the released DocVAL data; each has its own image folder (see images.py).
-DATASET_PREFIXES = ("cord", "docvqa", "funsd", "sroie", "visualmrc")
+# The released DocVAL datasets: image_id prefix -> dataset name (each has its own image folder, see images.py).
+DATASETS = {"cord": "CORD", "docvqa": "DocVQA", "funsd": "FUNSD", "sroie": "SROIE", "visualmrc": "VisualMRC"}
+DATASET_PREFIXES = tuple(DATASETS)
 FALLBACK_BOX = (0, 0, 100, 100)
 FAILED_ANSWERS = {"", "n/a"}
 RECORD_KEYS = {"image_id", "image_file", "question", "cot_steps", "answer_pred", "bbox_pred"}
