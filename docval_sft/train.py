@@ -316,6 +316,25 @@ def config_document(run: RunConfig, data: PreparedData, plan: Any) -> dict[str, 
     }
 
 
+def _on_main_then_shared(state: Any, work: Any) -> Any:
+    """Run ``work`` on the main process only and hand its result (or its DocvalError) to every rank: with 8 GPUs,
+    8 ranks decoding every image and counting every token on the same CPUs would be 8x the work."""
+    if state.num_processes == 1:
+        return work()
+    from accelerate.utils import broadcast_object_list
+
+    payload: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            payload[0] = work()
+        except DocvalError as exc:
+            payload[0] = exc
+    broadcast_object_list(payload, from_process=0)
+    if isinstance(payload[0], DocvalError):
+        raise payload[0]
+    return payload[0]
+
+
 class Interrupted(DocvalError):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit code 128 + signal number."""
 
@@ -362,7 +381,7 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     # no output that looks like a run.
     check_output_dir(out, resume=resume, overwrite=overwrite)
     processor = load_processor(run.preset)
-    data = prepare_data(run, processor, show_progress=show_progress)
+    data = _on_main_then_shared(state, lambda: prepare_data(run, processor, show_progress=show_progress))
     plan = step_plan(run.preset, len(data.train.records))
     # transformers checks its arguments (bf16 support, strategies) when the config is built: do it before writing
     build_sft_config(run.preset, str(out), has_eval=data.val is not None, report_to=list(run.report_to))

@@ -84,3 +84,17 @@ def test_signal_saves_a_checkpoint_and_resume_finishes(demo, tmp_path: Path, sig
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"from checkpoint-{step}" in resumed.stdout and "done: 40 steps" in resumed.stdout
     assert (out / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_two_process_run_with_bad_data_fails_on_every_rank_without_hanging(demo, tmp_path: Path) -> None:
+    """Only rank 0 validates the data; its one-line error reaches every rank, which all stop (no deadlock)."""
+    out = tmp_path / "bad"
+    args = train_args(demo, out, "--max-steps", "2")
+    args[args.index(str(demo.data.train))] = str(demo.data.bad)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "docval_sft",
+                           *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and errors[0] == errors[1]  # rank 0's error, raised on both ranks
+    assert "record error(s), first:" in errors[0] and "bad_records.json" in errors[0]
+    assert not out.exists()
