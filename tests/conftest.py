@@ -49,3 +49,9 @@ def trained_run(demo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def int8_on_cpu() -> list[str]:
+    """Flags that let the 3090-8bit preset run on this CPU-only machine: int8 base on the CPU, fp32 compute."""
+    return ["--no-bf16", "--no-gradient-checkpointing", "--set", "use_cpu=true", "--set", "dtype=float32"]

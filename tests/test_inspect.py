@@ -129,14 +129,15 @@ def test_merge_loads_and_matches_base_plus_adapter(trained_run: Path, demo, tmp_
     assert again.exit_code == 2 and "is not empty" in again.output
 
 
-def test_norm1000_training_records_its_format_and_an_8bit_adapter_merges(demo, tmp_path: Path) -> None:
+def test_norm1000_training_records_its_format_and_an_8bit_adapter_merges(demo, tmp_path: Path,
+                                                                         int8_on_cpu: list[str]) -> None:
     """An adapter trained on an 8-bit base (norm1000 boxes) merges into an fp32 base that generates."""
     d = demo.data
     run = tmp_path / "run"
     result = runner.invoke(app, [
         "train", "--preset", "3090-8bit", "--model", str(demo.model_dir), "--train-data", str(d.train),
-        "--image-dir", str(d.image_dir), "--output-dir", str(run), "--max-steps", "1", "--no-bf16",
-        "--no-gradient-checkpointing", "--set", "use_cpu=true", "--set", "dtype=float32", "--bbox-format", "norm1000"])
+        "--image-dir", str(d.image_dir), "--output-dir", str(run), "--max-steps", "1", *int8_on_cpu,
+        "--bbox-format", "norm1000"])
     assert result.exit_code == 0, result.output
     assert json.loads((run / "final" / "docval_sft.json").read_text()) == {
         "base_model": str(demo.model_dir), "bbox_format": "norm1000"}

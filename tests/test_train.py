@@ -128,14 +128,14 @@ def test_train_resume_flag_takes_a_checkpoint_like_the_guide(demo, tmp_path: Pat
     assert missing.exit_code == 2 and "checkpoint-99: no such run directory or checkpoint" in missing.output
 
 
-def test_8bit_preset_trains_on_cpu(demo, tmp_path: Path) -> None:
+def test_8bit_preset_trains_on_cpu(demo, tmp_path: Path, int8_on_cpu: list[str]) -> None:
     """3090-8bit's path (bitsandbytes int8 base + k-bit preparation + LoRA) runs a few steps here on CPU."""
     d = demo.data
     out = tmp_path / "int8"
     result = runner.invoke(app, [
         "train", "--preset", "3090-8bit", "--model", str(demo.model_dir), "--train-data", str(d.train),
-        "--image-dir", str(d.image_dir), "--output-dir", str(out), "--max-steps", "2", "--no-bf16",
-        "--no-gradient-checkpointing", "--set", "use_cpu=true", "--set", "dtype=float32", "--max-length", "1024",
+        "--image-dir", str(d.image_dir), "--output-dir", str(out), "--max-steps", "2", *int8_on_cpu,
+        "--max-length", "1024",
     ])
     assert result.exit_code == 0, result.output
     log = (out / "training.log").read_text()
