@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,18 @@ _UNLOGGED_SUFFIXES = ("_runtime", "_per_second", "_num_tokens", "_entropy")
 
 
 class TrainingLogCallback(TrainerCallback):
-    """Appends the guide's lines to ``OUTPUT/training.log``: ``Step 10: loss = 2.3456``, ``Step 100: eval_loss = ...``."""
+    """Appends the guide's lines to ``OUTPUT/training.log``: ``Step 10: loss = 2.3456``, ``Step 100: eval_loss = ...``;
+    ``echo`` also prints them (the console of a run without a progress bar, e.g. piped to a file)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, echo: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self.echo = echo
 
     def _write(self, line: str) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+        if self.echo is not None:
+            self.echo(line)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:

@@ -399,7 +399,8 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     eval_ds = to_dataset(data.val.records, data.val.image_paths, fmt, data.val.image_sizes) if data.val else None
     model = load_model(run.preset)
     interrupt = InterruptCallback()
-    callbacks = [TrainingLogCallback(out / LOG_FILE),
+    echo = (lambda line: print(line, flush=True)) if main and not show_progress else None
+    callbacks = [TrainingLogCallback(out / LOG_FILE, echo=echo),
                  RichProgressCallback(plan.samples_per_step, enabled=show_progress), interrupt]
     generation_eval = None
     if data.val is not None and run.preset.eval_generate > 0:
