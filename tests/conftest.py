@@ -48,6 +48,8 @@ def trained_run(demo, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--val-data", str(d.val), "--image-dir", str(d.image_dir), "--output-dir", str(out),
     ])
     assert result.exit_code == 0, result.output
+    # no terminal here, so no progress bar: the guide's log lines reach the console as training goes
+    assert "Step 5: loss = " in result.output and "Step 16: eval_loss = " in result.output
     return out
 
 
