@@ -182,10 +182,19 @@ def load_processor(source: Preset | str) -> Any:
         raise DocvalError(f"cannot load the processor of {name!r}: {str(exc).splitlines()[0]}") from exc
 
 
+def load_pretrained(source: str, **kwargs: Any) -> Any:
+    """``AutoModelForImageTextToText.from_pretrained`` with a one-line error naming the model."""
+    from transformers import AutoModelForImageTextToText
+
+    try:
+        return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise DocvalError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from exc
+
+
 def load_model(preset: Preset) -> Any:
     """Load the base for training (quantized and k-bit-prepared when the preset says so)."""
     import torch
-    from transformers import AutoModelForImageTextToText
 
     quantization = build_quantization_config(preset)
     kwargs: dict[str, Any] = {"dtype": getattr(torch, preset.dtype), "attn_implementation": preset.attn_implementation}
@@ -195,10 +204,7 @@ def load_model(preset: Preset) -> Any:
         # A quantized model cannot be moved after loading: put it on this process's device (one GPU per rank).
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": "cpu" if preset.use_cpu else PartialState().device}
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(preset.model_name_or_path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise DocvalError(f"cannot load model {preset.model_name_or_path!r}: {str(exc).splitlines()[0]}") from exc
+    model = load_pretrained(preset.model_name_or_path, **kwargs)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 

@@ -81,24 +81,19 @@ def load_student(model: str | None, adapter: str | Path | None = None, *, dtype:
         raise DocvalError("give --model (a base model) and/or --adapter")
 
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .build import quiet_libraries
+    from .build import load_pretrained, load_processor, quiet_libraries
 
     quiet_libraries()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = inference_dtype(dtype, device == "cpu")
-    try:
-        # straight onto the device: no full CPU copy of the weights first (24 GB for a 12B model in bf16)
-        net = AutoModelForImageTextToText.from_pretrained(weights, dtype=torch_dtype, device_map={"": device})
-    except (OSError, ValueError) as exc:
-        raise DocvalError(f"cannot load model {weights!r}: {str(exc).splitlines()[0]}") from exc
+    # straight onto the device: no full CPU copy of the weights first (24 GB for a 12B model in bf16)
+    net = load_pretrained(weights, dtype=inference_dtype(dtype, device == "cpu"), device_map={"": device})
     if lora:
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, str(adapter_dir))
     processor_source = str(adapter_dir) if adapter_dir is not None and _has_processor(adapter_dir) else weights
-    processor = AutoProcessor.from_pretrained(processor_source)
+    processor = load_processor(processor_source)
     source = f"{base} + {adapter_dir}" if lora else str(weights)
     return Student(net.eval(), processor, info.get("bbox_format", "pixel"), source)
 

@@ -14,9 +14,8 @@ from .files import read_model_info, write_model_info
 
 def merge_adapter(model: str | None, adapter: Path, out: Path, *, dtype: str = "bfloat16") -> Path:
     from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .build import quiet_libraries
+    from .build import load_pretrained, load_processor, quiet_libraries
 
     quiet_libraries()
 
@@ -26,13 +25,10 @@ def merge_adapter(model: str | None, adapter: Path, out: Path, *, dtype: str = "
         raise DocvalError(f"--out {out} is not empty; choose a new directory")
     info = read_model_info(adapter)
     base = model or adapter_base_model(adapter)
-    try:
-        net = AutoModelForImageTextToText.from_pretrained(base, dtype=inference_dtype(dtype, use_cpu=True))
-    except (OSError, ValueError) as exc:
-        raise DocvalError(f"cannot load base model {base!r}: {str(exc).splitlines()[0]}") from exc
+    net = load_pretrained(base, dtype=inference_dtype(dtype, use_cpu=True))
     merged = PeftModel.from_pretrained(net, str(adapter)).merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))
-    AutoProcessor.from_pretrained(str(adapter)).save_pretrained(str(out))
+    load_processor(str(adapter)).save_pretrained(str(out))
     write_model_info(out, base_model=base, bbox_format=info.get("bbox_format", "pixel"))
     return out
