@@ -5,6 +5,7 @@ depend on how the base was stored, only the base's int8 rounding error is gone a
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from .errors import DocvalError
@@ -27,8 +28,14 @@ def merge_adapter(model: str | None, adapter: Path, out: Path, *, dtype: str = "
     base = model or adapter_base_model(adapter)
     net = load_pretrained(base, dtype=inference_dtype(dtype, use_cpu=True))
     merged = PeftModel.from_pretrained(net, str(adapter)).merge_and_unload()
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(out))
-    load_processor(str(adapter)).save_pretrained(str(out))
-    write_model_info(out, base_model=base, bbox_format=info.get("bbox_format", "pixel"))
+    # Written beside --out and renamed at the end: an interrupted merge never leaves a directory that loads.
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    merged.save_pretrained(str(partial))
+    load_processor(str(adapter)).save_pretrained(str(partial))
+    write_model_info(partial, base_model=base, bbox_format=info.get("bbox_format", "pixel"))
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    partial.rename(out)
     return out

@@ -34,7 +34,7 @@ LOG_FILE = "training.log"
 FINAL_DIR = "final"
 SKIPPED_FILE = "skipped.jsonl"
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # report_to name -> module that must be importable
-_ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, SKIPPED_FILE, "runs")
+_ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, FINAL_DIR + ".partial", SKIPPED_FILE, "runs")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -414,11 +414,20 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if interrupt.received is not None:
         raise Interrupted(interrupt.received, out, interrupt.stopped_at)
-    final = out / FINAL_DIR
-    trainer.save_model(str(final))
+    # final/ appears only complete: everything is written to final.partial/ (every rank takes part in saving a
+    # sharded model), which the main process renames once the processor and model info are in.
+    final, partial = out / FINAL_DIR, out / (FINAL_DIR + ".partial")
+    if main and partial.exists():
+        shutil.rmtree(partial)
+    state.wait_for_everyone()
+    trainer.save_model(str(partial))
     if main:
-        processor.save_pretrained(str(final))
-        write_model_info(final, base_model=run.preset.model_name_or_path, bbox_format=fmt)
+        processor.save_pretrained(str(partial))
+        write_model_info(partial, base_model=run.preset.model_name_or_path, bbox_format=fmt)
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+    state.wait_for_everyone()
     return TrainResult(out, final, trainer.state.global_step, list(trainer.state.log_history), main)
 
 

@@ -111,6 +111,7 @@ def test_merge_loads_and_matches_base_plus_adapter(trained_run: Path, demo, tmp_
                                  "--dtype", "float32"])
     assert result.exit_code == 0, result.output
     merged = AutoModelForImageTextToText.from_pretrained(out).eval()
+    assert not out.with_name("merged.partial").exists()
     assert not list(out.glob("adapter_*")) and json.loads((out / "docval_sft.json").read_text())["bbox_format"] == \
         "pixel"
     base = AutoModelForImageTextToText.from_pretrained(demo.model_dir)

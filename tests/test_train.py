@@ -33,6 +33,7 @@ def test_demo_training_leaves_the_guides_layout_and_learns(trained_run: Path, de
                  "chat_template.jinja"):
         assert (final / name).is_file(), name
     assert sorted(p.name for p in trained_run.glob("checkpoint-*"))  # resumable checkpoints kept
+    assert not (trained_run / "final.partial").exists()  # written aside, renamed once complete
 
     config = json.loads((trained_run / "training_config.json").read_text())
     assert config["base_preset"] == "demo" and config["preset"]["lora_r"] == 16
