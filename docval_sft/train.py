@@ -275,9 +275,9 @@ class PreparedData:
     report: Any = None  # validate.ValidationReport
 
 
-def prepare_data(run: RunConfig, processor: Any, *, show_progress: bool = False) -> PreparedData:
-    """Validate and measure the run's data with the model's processor; errors stop the run unless --skip-bad.
-    Writes nothing (the caller writes the --skip-bad report once the output dir exists)."""
+def _validate(run: RunConfig, processor: Any, show_progress: bool) -> tuple[Any, list[str]]:
+    """The run's data report (token lengths checked when there is a processor) and why it cannot train, if so.
+    Shared by ``train`` and ``--dry-run`` so that a plan that says OK is a run that starts."""
     from .validate import validate_data
 
     report = validate_data(
@@ -286,15 +286,25 @@ def prepare_data(run: RunConfig, processor: Any, *, show_progress: bool = False)
         allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
         bbox_format=run.preset.bbox_format,
     )
+    problems = []
     if not report.ok:
         first = next(i for s in report.splits for i in s.errors)
-        raise DocvalError(f"{report.n_errors} record error(s), first: {first}. List them all with "
-                          "`docval-sft validate-data`, or pass --skip-bad to skip them with a written report")
+        problems.append(f"{report.n_errors} record error(s), first: {first}. List them all with "
+                        "`docval-sft validate-data`, or pass --skip-bad to skip them with a written report")
+    if not report.splits[0].records:
+        problems.append(f"{run.train_data}: no usable training record")
+    if len(report.splits) > 1 and not report.splits[1].records:
+        problems.append(f"{run.val_data}: no usable validation record")
+    return report, problems
+
+
+def prepare_data(run: RunConfig, processor: Any, *, show_progress: bool = False) -> PreparedData:
+    """Validate and measure the run's data with the model's processor; errors stop the run unless --skip-bad.
+    Writes nothing (the caller writes the --skip-bad report once the output dir exists)."""
+    report, problems = _validate(run, processor, show_progress)
+    if problems:
+        raise DocvalError(problems[0])
     train, val = report.splits[0], (report.splits[1] if len(report.splits) > 1 else None)
-    if not train.records:
-        raise DocvalError(f"{run.train_data}: no usable training record")
-    if val is not None and not val.records:
-        raise DocvalError(f"{run.val_data}: no usable validation record")
     return PreparedData(train, val, skipped=report.n_errors if run.skip_bad else 0, report=report)
 
 
@@ -438,7 +448,6 @@ def dry_run(run: RunConfig, *, show_progress: bool = False) -> dict[str, Any]:
     cache); otherwise the report says they were not checked.
     """
     from .build import build_lora_config, build_quantization_config, sft_config_kwargs, step_plan
-    from .validate import validate_data
 
     check_reporters(run.report_to)
     notes: list[str] = []
@@ -449,12 +458,8 @@ def dry_run(run: RunConfig, *, show_progress: bool = False) -> dict[str, Any]:
         processor = load_processor(run.preset)
     except DocvalError as exc:
         notes.append(f"token lengths not checked: {exc}")
-    report = validate_data(
-        run.train_data, run.image_dir, val_data=run.val_data, processor=processor,
-        max_length=run.preset.max_length if processor is not None else None, strict=run.strict,
-        skip_bad=False, allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
-        bbox_format=run.preset.bbox_format,
-    )
+    report, problems = _validate(run, processor, show_progress)
+    notes += problems
     usable = len(report.splits[0].records)
     if run.skip_bad and report.n_errors:
         notes.append(f"--skip-bad: {report.n_errors} record error(s) would be skipped")
@@ -462,7 +467,7 @@ def dry_run(run: RunConfig, *, show_progress: bool = False) -> dict[str, Any]:
     quantization = build_quantization_config(run.preset)
     has_eval = len(report.splits) > 1
     return {
-        "ok": report.ok or run.skip_bad,
+        "ok": not problems,
         "base_preset": run.base_preset,
         "overrides": run.overrides(),
         "preset": run.preset.to_dict(),

@@ -169,3 +169,16 @@ def test_dry_run_prints_resolved_config_and_step_plan(demo, tmp_path: Path) -> N
     plan = json.loads(with_model.stdout)
     assert plan["notes"] == [] and plan["quantization_config"]["load_in_8bit"] is True
     assert plan["data"]["splits"]["train"]["tokens"]["total"]["max"] < 8192
+
+
+def test_dry_run_is_not_ok_when_nothing_would_train(demo, tmp_path: Path) -> None:
+    """--skip-bad on a file with no usable record: the plan says so instead of planning steps on nothing."""
+    bad = tmp_path / "bad.json"
+    records = json.loads(demo.data.bad.read_text())
+    bad.write_text(json.dumps([r for r in records if r["_expect"] in ("bbox_len", "empty_question")]))
+    result = runner.invoke(app, ["train", "--preset", "demo", "--dry-run", "--json", "--skip-bad", "--train-data",
+                                 str(bad), "--image-dir", str(demo.data.image_dir), "--output-dir",
+                                 str(tmp_path / "out"), "--model", str(demo.model_dir)])
+    assert result.exit_code == 1
+    plan = json.loads(result.stdout)
+    assert plan["ok"] is False and any("no usable training record" in n for n in plan["notes"])
