@@ -1,8 +1,12 @@
 """Training throughput, MFU and peak memory of each preset on a random model with Gemma 3 12B's architecture.
 
-    python benchmarks/gpu.py [--presets a100 3090-8bit full-ft] [--seq 760 2048] [--steps 5] [--warmup 2]
+    python benchmarks/gpu.py [--presets h100 a100 3090-8bit full-ft] [--seq 760 2048] [--steps 5] [--warmup 2]
                              [--scale full|tiny] [--load direct|checkpoint] [--vision-grad library|kept|both]
                              [--budget-s S] [--out FILE] [--peak-flops F] [--dry-run]
+
+Each ``--presets`` entry is a preset name, or ``NAME:field=value,field=value`` to measure a speed switch against
+the preset it changes (``a100:gradient_checkpointing=false``, ``a100:per_device_train_batch_size=4,
+gradient_accumulation_steps=4``; any Preset field, checked and typed like ``--set``).
 
 Prints one JSON line per (preset, sequence length) to stdout (``"bench": "gpu"``), after one ``"event": "model"``
 line with the parameter counts. A measurement that cannot run (no GPU for ``--scale full``, too little GPU memory,
@@ -110,7 +114,7 @@ if importlib.util.find_spec("docval_sft") is None:  # a checkout without `pip in
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONFIG_12B = Path(__file__).with_name("gemma3_12b_config.json")
-DEFAULT_PRESETS = ("a100", "3090-8bit", "full-ft")
+DEFAULT_PRESETS = ("h100", "a100", "3090-8bit", "full-ft")
 DEFAULT_SEQS = (760, 2048)
 PROMPT_TOKENS = 100  # text prompt tokens of a typical record (question + chat-template tokens)
 
@@ -273,12 +277,13 @@ class SyntheticCollator:
         return batch
 
 
-def synthetic_dataset(n: int) -> Any:
-    """Rows ``{"images": [i]}``: the "images" key makes SFTTrainer treat it as a vision dataset (no tokenising
-    pass, the column kept for the collator); the collator reads only the index."""
+def synthetic_dataset(n: int, seq_len: int) -> Any:
+    """Rows ``{"images": [i], "length": seq_len}``: the "images" key makes SFTTrainer treat it as a vision dataset
+    (no tokenising pass, the column kept for the collator); the collator reads only the index. "length" is the
+    token count that ``train_sampling_strategy="group_by_length"`` reads (all equal here: no padding to save)."""
     from datasets import Dataset
 
-    return Dataset.from_dict({"images": [[i] for i in range(n)]})
+    return Dataset.from_dict({"images": [[i] for i in range(n)], "length": [seq_len] * n})
 
 
 # ---------------------------------------------------------------- model building
@@ -406,18 +411,33 @@ def step_timer() -> Any:
     return StepTimer()
 
 
+def parse_variant(spec: str) -> tuple[Any, dict[str, Any]]:
+    """``NAME`` or ``NAME:field=value,...`` -> (the preset with those overrides, the overrides as typed)."""
+    from docval_sft.errors import DocvalError
+    from docval_sft.presets import coerce_fields, get_preset
+
+    name, _, rest = spec.partition(":")
+    pairs = [item.split("=", 1) for item in rest.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise DocvalError(f"--presets {spec!r}: write NAME:field=value,field=value")
+    overrides = coerce_fields({k.strip(): v.strip() for k, v in pairs}, source=f"--presets {spec}")
+    return get_preset(name).with_overrides(overrides), overrides
+
+
 def base_record(preset: Any, config: Any, counts: dict[str, int], seq_len: int, args: argparse.Namespace,
-                device_name: str) -> dict[str, Any]:
+                device_name: str, variant: str, overrides: dict[str, Any]) -> dict[str, Any]:
     c_lm, c_vis = flop_coefficients(preset)
     samples = preset.per_device_train_batch_size * preset.gradient_accumulation_steps
     return {
-        "bench": "gpu", "preset": preset.name, "scale": args.scale, "seq_len": seq_len,
+        "bench": "gpu", "preset": preset.name, "variant": variant, "overrides": overrides, "scale": args.scale,
+        "seq_len": seq_len,
         **sample_layout(config, seq_len), "vision_patches_per_image": vision_patches(config),
         "per_device_train_batch_size": preset.per_device_train_batch_size,
         "gradient_accumulation_steps": preset.gradient_accumulation_steps, "samples_per_step": samples,
         "tokens_per_step": samples * seq_len, "steps": args.steps, "warmup": args.warmup,
         "use_lora": preset.use_lora, "load_in_8bit": preset.load_in_8bit, "load_in_4bit": preset.load_in_4bit,
-        "gradient_checkpointing": preset.gradient_checkpointing, "optim": preset.optim, "bf16": preset.bf16,
+        "gradient_checkpointing": preset.gradient_checkpointing, "lora_dropout": preset.lora_dropout,
+        "optim": preset.optim, "bf16": preset.bf16,
         "dtype": preset.dtype, "attn_implementation": preset.attn_implementation, "load": args.load,
         "n_params_total": counts["total"], "n_lm_nonembedding": counts["lm_nonembedding"],
         "n_vision_nonembedding": counts["vision_nonembedding"], "c_lm": c_lm, "c_vis": c_vis,
@@ -459,8 +479,8 @@ def measure(preset: Any, config: Any, counts: dict[str, int], seq_len: int, sour
     model = source.build(run_preset)
     timer = step_timer()
     callbacks = [timer]
-    trainer = build_trainer(run_preset, model, processor, synthetic_dataset(samples * total_steps), None,
-                            str(workdir / f"out-{preset.name}-{seq_len}"), report_to=[], callbacks=callbacks)
+    trainer = build_trainer(run_preset, model, processor, synthetic_dataset(samples * total_steps, seq_len), None,
+                            str(workdir / f"out-{seq_len}"), report_to=[], callbacks=callbacks)
     if record["vision_grad"] == "kept":
         from docval_sft.callbacks import FrozenVisionTowerCallback
 
@@ -495,7 +515,8 @@ def measure(preset: Any, config: Any, counts: dict[str, int], seq_len: int, sour
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS))
+    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS),
+                        help="preset names, or NAME:field=value,... variants (see above)")
     parser.add_argument("--seq", nargs="+", type=int, default=list(DEFAULT_SEQS), help="tokens per sample")
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first (>= 1)")
@@ -524,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from docval_sft.build import quiet_libraries
-    from docval_sft.presets import get_preset
+    from docval_sft.errors import DocvalError
 
     quiet_libraries()
     transformers.utils.logging.set_verbosity_error()
@@ -532,7 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     if not on_cuda:
         torch.set_num_threads(args.cpu_threads)
     args.scale = args.scale or ("full" if on_cuda else "tiny")
-    presets = [get_preset(name) for name in args.presets]
+    try:
+        variants = [(spec, *parse_variant(spec)) for spec in args.presets]
+    except DocvalError as exc:
+        parser.error(str(exc))
     config = make_config(args.scale)
     counts = param_counts(config)
     device_name = torch.cuda.get_device_name() if on_cuda else "cpu"
@@ -554,14 +578,15 @@ def main(argv: list[str] | None = None) -> int:
             # SFTTrainer needs a processor (pad token, VLM detection); the synthetic collator replaces its collator.
             processor = build_tiny_processor(workdir / "processor", image_size=config.vision_config.image_size,
                                              image_seq_length=config.mm_tokens_per_image)
-        for preset in presets:
-            source = ModelSource(config, args.load, workdir / preset.name)
-            (workdir / preset.name).mkdir(parents=True, exist_ok=True)
-            variants = ["library", "kept"] if args.vision_grad == "both" else [args.vision_grad]
+        for index, (spec, preset, overrides) in enumerate(variants):
+            where = workdir / f"{index}-{preset.name}"
+            where.mkdir(parents=True, exist_ok=True)
+            source = ModelSource(config, args.load, where)
+            grads = ["library", "kept"] if args.vision_grad == "both" else [args.vision_grad]
             if not preset.use_lora or preset.lora_vision_tower:
-                variants = ["library"]  # the vision tower needs its gradients there
-            for seq_len, vision_grad in [(s, v) for s in args.seq for v in variants]:
-                record = base_record(preset, config, counts, seq_len, args, device_name)
+                grads = ["library"]  # the vision tower needs its gradients there
+            for seq_len, vision_grad in [(s, v) for s in args.seq for v in grads]:
+                record = base_record(preset, config, counts, seq_len, args, device_name, spec, overrides)
                 record["peak_flops"] = peak_flops
                 record["vision_grad"] = vision_grad
                 if args.dry_run:
@@ -575,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 failure = None
                 try:
-                    emit(measure(preset, config, counts, seq_len, source, processor, args, record, workdir), args.out)
+                    emit(measure(preset, config, counts, seq_len, source, processor, args, record, where), args.out)
                 except torch.cuda.OutOfMemoryError as exc:
                     failure = f"out of memory: {str(exc).splitlines()[0]}"
                 except Exception as exc:  # report it and go on to the next measurement; the traceback goes to stderr

@@ -29,8 +29,9 @@ def main() -> None:
 
     table = json.loads(args.file.read_text()) if args.file.is_file() else {}
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
+    # a preset as shipped: not a NAME:field=value variant, not the transformers-default vision-grad comparison
     measured = [r for r in rows if r.get("s_per_step") and r.get("scale") == "full"
-                and r.get("vision_grad", "library") == "library"]
+                and r.get("vision_grad", "library") == "library" and not r.get("overrides")]
     for preset_name in sorted({r["preset"] for r in measured}):
         mine = sorted((r for r in measured if r["preset"] == preset_name), key=lambda r: abs(r["seq_len"] - 760))
         r = mine[0]

@@ -102,6 +102,7 @@ def sft_config_kwargs(preset: Preset, output_dir: str, *, has_eval: bool, report
         seed=preset.seed,
         use_cpu=preset.use_cpu,
         dataloader_num_workers=preset.dataloader_num_workers,
+        train_sampling_strategy=preset.train_sampling_strategy,  # reads the "length" column (to_dataset)
         logging_steps=preset.logging_steps,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=preset.eval_steps if evaluate else None,
@@ -222,6 +223,13 @@ def trainer_class() -> type:
     class DocvalTrainer(SFTTrainer):
         generation_eval: Any = None
 
+        def _set_signature_columns_if_needed(self) -> None:
+            # The Trainer drops every column outside these before it builds the sampler, so group_by_length would
+            # never see the token counts of the "length" column; TRL's collator ignores the extra key.
+            super()._set_signature_columns_if_needed()
+            if self.args.train_sampling_strategy == "group_by_length":
+                self._signature_columns = [*self._signature_columns, self.args.length_column_name]
+
         def evaluate(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> dict[str, float]:
             metrics = super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
             if self.generation_eval is not None:
@@ -240,6 +248,11 @@ def build_trainer(preset: Preset, model: Any, processor: Any, train_dataset: Any
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     args = build_sft_config(preset, output_dir, has_eval=eval_dataset is not None, report_to=report_to)
+    for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+        if preset.train_sampling_strategy == "group_by_length" and dataset is not None \
+                and args.length_column_name not in getattr(dataset, "column_names", ()):
+            raise DocvalError(f"train_sampling_strategy=group_by_length needs the token count of every {name} record: "
+                              "build the dataset with to_dataset(..., lengths=...) (`docval-sft train` does)")
     from .callbacks import FrozenVisionTowerCallback
 
     callbacks = [*(callbacks or []), FrozenVisionTowerCallback()]

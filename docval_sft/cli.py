@@ -258,7 +258,7 @@ def train_cmd(
     image_dir: Annotated[Optional[Path], typer.Option("--image-dir", help="Image root (CORD/, DocVQA/images/, ...).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Run directory (checkpoints, final/, logs).")] = None,
     val_data: ValData = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="a100 (default), 3090-8bit, full-ft or demo.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="a100 (default), h100, 3090-8bit, full-ft or demo (`docval-sft presets`).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML of preset fields and run paths; flags win.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from OUTPUT/checkpoint-N (or OUTPUT: latest).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in a non-empty --output-dir.")] = False,

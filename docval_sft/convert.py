@@ -55,13 +55,21 @@ def to_example(record: PhaseARecord, image: Any, bbox_format: BboxFormat = "pixe
 
 
 def to_dataset(records: Sequence[PhaseARecord], image_paths: Sequence[Path], bbox_format: BboxFormat = "pixel",
-               image_sizes: Sequence[tuple[int, int]] | None = None) -> Dataset:
-    """A ``datasets.Dataset`` whose images are file paths decoded on access (never all in memory)."""
+               image_sizes: Sequence[tuple[int, int]] | None = None,
+               lengths: Sequence[int] | None = None) -> Dataset:
+    """A ``datasets.Dataset`` whose images are file paths decoded on access (never all in memory).
+
+    ``lengths`` (tokens per record, as measured before training) become the ``length`` column that transformers'
+    ``group_by_length`` sampler reads instead of tokenising every record again."""
     from datasets import Dataset, Image, List
 
     if len(records) != len(image_paths):
         raise ValueError(f"{len(records)} records but {len(image_paths)} image paths")
+    if lengths is not None and len(lengths) != len(records):
+        raise ValueError(f"{len(records)} records but {len(lengths)} lengths")
     sizes = image_sizes if image_sizes is not None else [None] * len(records)
     rows = [to_example(r, str(p), bbox_format, s) for r, p, s in zip(records, image_paths, sizes, strict=True)]
-    columns = {key: [row[key] for row in rows] for key in ("prompt", "completion", "images")}
+    columns: dict[str, list[Any]] = {key: [row[key] for row in rows] for key in ("prompt", "completion", "images")}
+    if lengths is not None:
+        columns["length"] = list(lengths)
     return Dataset.from_dict(columns).cast_column("images", List(Image()))

@@ -405,8 +405,13 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     state.wait_for_everyone()
 
     fmt = run.preset.bbox_format
-    train_ds = to_dataset(data.train.records, data.train.image_paths, fmt, data.train.image_sizes)
-    eval_ds = to_dataset(data.val.records, data.val.image_paths, fmt, data.val.image_sizes) if data.val else None
+
+    def dataset(split: Any) -> Any:
+        return to_dataset(split.records, split.image_paths, fmt, split.image_sizes,
+                          [count.total for count in split.token_counts])
+
+    train_ds = dataset(data.train)
+    eval_ds = dataset(data.val) if data.val else None
     model = load_model(run.preset)
     interrupt = InterruptCallback()
     echo = (lambda line: print(line, flush=True)) if main and not show_progress else None

@@ -120,11 +120,27 @@ def test_synthetic_batch_matches_trls_vision_collator(tmp_path: Path) -> None:
     assert bool(synthetic["attention_mask"].all())
 
 
+def test_variant_specs_override_typed_preset_fields() -> None:
+    from docval_sft.errors import DocvalError
+
+    bench = load_bench()
+    preset, overrides = bench.parse_variant("a100:gradient_checkpointing=false, per_device_train_batch_size=4")
+    assert overrides == {"gradient_checkpointing": False, "per_device_train_batch_size": 4}
+    assert (preset.name, preset.gradient_checkpointing, preset.per_device_train_batch_size) == ("a100", False, 4)
+    assert bench.parse_variant("full-ft") == (__import__("docval_sft.presets").presets.get_preset("full-ft"), {})
+    with pytest.raises(DocvalError, match="field 'lora_r' expects int"):
+        bench.parse_variant("a100:lora_r=big")
+    with pytest.raises(DocvalError, match="unknown preset field 'warp'"):
+        bench.parse_variant("a100:warp=9")
+    with pytest.raises(DocvalError, match="NAME:field=value"):
+        bench.parse_variant("a100:gradient_checkpointing")
+
+
 @pytest.mark.slow
 def test_cpu_run_of_every_gpu_preset_reports_consistent_measurements() -> None:
     from docval_sft.presets import get_preset
 
-    presets = ["a100", "3090-8bit", "full-ft"]
+    presets = ["h100", "a100", "3090-8bit", "full-ft", "a100:gradient_checkpointing=false,lora_dropout=0"]
     seq = 128
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
@@ -133,14 +149,16 @@ def test_cpu_run_of_every_gpu_preset_reports_consistent_measurements() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     rows = [r for r in lines if "preset" in r]
-    assert [r["preset"] for r in rows] == presets, done.stdout
+    assert [r["variant"] for r in rows] == presets, done.stdout
+    assert rows[-1]["overrides"] == {"gradient_checkpointing": False, "lora_dropout": 0.0}
+    assert rows[-1]["preset"] == "a100" and rows[-1]["gradient_checkpointing"] is False
 
     bench = load_bench()
     config = bench.make_config("tiny")
     total, n_lm, n_vis = independent_counts(config)
     patches = bench.vision_patches(config)
     for row in rows:
-        preset = get_preset(row["preset"])
+        preset = get_preset(row["preset"]).with_overrides(row["overrides"])
         assert "skipped" not in row, row
         samples = preset.per_device_train_batch_size * preset.gradient_accumulation_steps
         assert row["samples_per_step"] == samples and row["seq_len"] == seq
@@ -169,7 +187,9 @@ def test_record_gpu_turns_measurements_into_the_presets_column(tmp_path: Path) -
             "tokens_per_s": 1216.0, "mfu": 0.25, "peak_gpu_mem_gib": 30.5, "device": "TEST DEVICE",
             "vision_grad": "library"}
     jsonl, table = tmp_path / "gpu.jsonl", tmp_path / "performance.json"
-    jsonl.write_text(json.dumps(line) + "\n" + json.dumps({**line, "seq_len": 2048, "s_per_step": 30.0}) + "\n")
+    variant = {**line, "s_per_step": 5.0, "overrides": {"gradient_checkpointing": False}}  # not the preset itself
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in (line, {**line, "seq_len": 2048, "s_per_step": 30.0},
+                                                             variant)))
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "record_gpu.py"), str(jsonl), "--date",
                            "2026-01-02", "--file", str(table)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -86,6 +86,29 @@ def test_signal_saves_a_checkpoint_and_resume_finishes(demo, tmp_path: Path, sig
     assert (out / "final" / "adapter_model.safetensors").is_file()
 
 
+def test_ctrl_c_to_the_process_group_with_dataloader_workers_still_saves(demo, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals every process of the foreground group, the dataloader workers included: the
+    workers must not die before the step in progress has its batches."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "docval_sft",
+                             *train_args(demo, out, "--max-steps", "40", "--save-steps", "1000", "--grad-accum", "4",
+                                         "--batch-size", "1", "--set", "logging_steps=1",
+                                         "--set", "dataloader_num_workers=2")],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a shell job has
+    log = out / "training.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "Step 2: loss" in log.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    match = re.search(r"error: interrupted by SIGINT at step (\d+): checkpoint saved", stderr)
+    assert match and "Traceback" not in stderr, stderr[-3000:]
+    assert (out / f"checkpoint-{match.group(1)}" / "trainer_state.json").is_file()
+
+
 def test_two_process_run_with_bad_data_fails_on_every_rank_without_hanging(demo, tmp_path: Path) -> None:
     """Only rank 0 validates the data; its one-line error reaches every rank, which all stop (no deadlock)."""
     out = tmp_path / "bad"

@@ -1,0 +1,100 @@
+"""Speed switches of the presets: length-grouped batches from the measured token counts, dataloader workers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from docval_sft.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def measured_split(demo, processor):
+    from docval_sft.lengths import TokenCounter
+    from docval_sft.validate import prepare_split
+
+    return prepare_split("train", demo.data.train, demo.data.image_dir, counter=TokenCounter(processor))
+
+
+def epoch_of_batches(demo, processor, split, strategy: str, tmp_path: Path) -> list[list[int]]:
+    """Real token counts of each batch of one epoch of the Trainer's own training dataloader."""
+    from docval_sft.build import build_trainer, load_model
+    from docval_sft.convert import to_dataset
+    from docval_sft.presets import get_preset
+
+    preset = get_preset("demo").with_overrides({"model_name_or_path": str(demo.model_dir),
+                                                 "train_sampling_strategy": strategy})
+    dataset = to_dataset(split.records, split.image_paths, lengths=[c.total for c in split.token_counts])
+    trainer = build_trainer(preset, load_model(preset), processor, dataset, None, str(tmp_path / strategy),
+                            report_to=[])
+    return [batch["attention_mask"].sum(dim=1).tolist() for batch in trainer.get_train_dataloader()]
+
+
+def padding(batches: list[list[int]]) -> int:
+    return sum(len(b) * max(b) - sum(b) for b in batches)
+
+
+def test_group_by_length_uses_the_measured_counts_and_cuts_padding(demo, processor, measured_split,
+                                                                  tmp_path: Path) -> None:
+    lengths = [c.total for c in measured_split.token_counts]
+    assert len(set(lengths)) > 10  # the demo records differ in length, or there would be nothing to group
+    grouped = epoch_of_batches(demo, processor, measured_split, "group_by_length", tmp_path)
+    shuffled = epoch_of_batches(demo, processor, measured_split, "random", tmp_path)
+    # Every record exactly once, and the counts measured before training are the collator's real lengths.
+    assert Counter(t for b in grouped for t in b) == Counter(lengths) == Counter(t for b in shuffled for t in b)
+    # transformers' LengthGroupedSampler puts the longest record in the first batch (an OOM shows at step 1).
+    assert max(grouped[0]) == max(lengths)
+    assert padding(grouped) < padding(shuffled) / 2, (padding(grouped), padding(shuffled))
+
+
+def test_the_length_column_survives_only_when_grouping(demo, processor, measured_split, tmp_path: Path) -> None:
+    """The Trainer drops columns its model does not take before building the sampler; ours keeps 'length'."""
+    from docval_sft.build import build_trainer, load_model
+    from docval_sft.convert import to_dataset
+    from docval_sft.presets import get_preset
+
+    dataset = to_dataset(measured_split.records[:8], measured_split.image_paths[:8],
+                         lengths=[c.total for c in measured_split.token_counts[:8]])
+    for strategy, kept in (("group_by_length", True), ("random", False)):
+        preset = get_preset("demo").with_overrides({"model_name_or_path": str(demo.model_dir),
+                                                     "train_sampling_strategy": strategy})
+        trainer = build_trainer(preset, load_model(preset), processor, dataset, None, str(tmp_path / strategy),
+                                report_to=[])
+        columns = trainer._remove_unused_columns(dataset).column_names
+        assert ("length" in columns) is kept and {"prompt", "completion", "images"} <= set(columns)
+    # Through the Python API without the counts: one clear error instead of transformers' "cannot infer lengths".
+    from docval_sft.errors import DocvalError
+
+    preset = get_preset("demo").with_overrides({"model_name_or_path": str(demo.model_dir),
+                                                 "train_sampling_strategy": "group_by_length"})
+    bare = to_dataset(measured_split.records[:8], measured_split.image_paths[:8])
+    with pytest.raises(DocvalError, match=r"needs the token count of every train record: .*lengths=\.\.\."):
+        build_trainer(preset, load_model(preset), processor, bare, None, str(tmp_path / "bare"), report_to=[])
+
+
+@pytest.mark.slow
+def test_cli_trains_with_grouped_batches_and_dataloader_workers(demo, tmp_path: Path) -> None:
+    d = demo.data
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "train", "--preset", "demo", "--model", str(demo.model_dir), "--train-data", str(d.train),
+        "--val-data", str(d.val), "--image-dir", str(d.image_dir), "--output-dir", str(out), "--max-steps", "3",
+        "--set", "train_sampling_strategy=group_by_length", "--set", "dataloader_num_workers=2",
+        "--eval-steps", "3", "--save-steps", "3",
+    ])
+    assert result.exit_code == 0, result.output
+    preset = json.loads((out / "training_config.json").read_text())["preset"]
+    assert (preset["train_sampling_strategy"], preset["dataloader_num_workers"]) == ("group_by_length", 2)
+    assert "Step 3: eval_loss = " in (out / "training.log").read_text()
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    bad = runner.invoke(app, ["train", "--preset", "demo", "--model", str(demo.model_dir), "--train-data",
+                              str(d.train), "--image-dir", str(d.image_dir), "--output-dir", str(tmp_path / "x"),
+                              "--set", "train_sampling_strategy=longest_first"])
+    assert bad.exit_code == 2
+    assert "field 'train_sampling_strategy' expects one of random, group_by_length" in bad.output
