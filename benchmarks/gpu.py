@@ -24,7 +24,7 @@ What runs
   ``from_pretrained``. 8-bit presets first build that bf16 random model on the device, copy its state dict to host
   memory (what a checkpoint's mmap'd tensors are), then run ``load_model``'s body with ``state_dict=`` instead of a
   path: ``from_pretrained(None, config=..., state_dict=..., quantization_config=build_quantization_config(preset),
-  device_map={"": PartialState().device})`` + ``prepare_model_for_kbit_training`` with load_model's arguments.
+  device_map={"": PartialState().device})`` + ``docval_sft.build.prepare_quantized`` (as load_model does).
   ``--load checkpoint`` instead saves the random model with ``save_pretrained`` and calls ``load_model`` verbatim
   (exact library path; for 12B it writes ~24 GB to a temporary directory, so it costs minutes).
 * **Trainer**: ``docval_sft.build.build_trainer`` -- the preset's ``SFTConfig`` (batch size, gradient accumulation,
@@ -323,9 +323,8 @@ def load_quantized_from_state_dict(preset: Any, config: Any, state_dict: dict[st
     import torch
     import transformers
     from accelerate import PartialState
-    from peft import prepare_model_for_kbit_training
 
-    from docval_sft.build import build_quantization_config
+    from docval_sft.build import build_quantization_config, prepare_quantized
 
     quantization = build_quantization_config(preset)
     # The Auto class needs a path to resolve the architecture; with state_dict= the concrete class is named.
@@ -335,10 +334,7 @@ def load_quantized_from_state_dict(preset: Any, config: Any, state_dict: dict[st
         attn_implementation=preset.attn_implementation, quantization_config=quantization,
         device_map={"": "cpu" if preset.use_cpu else PartialState().device},
     )
-    return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=preset.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
+    return prepare_quantized(model, preset)
 
 
 class ModelSource:

@@ -98,3 +98,25 @@ def test_cli_trains_with_grouped_batches_and_dataloader_workers(demo, tmp_path: 
                               "--set", "train_sampling_strategy=longest_first"])
     assert bad.exit_code == 2
     assert "field 'train_sampling_strategy' expects one of random, group_by_length" in bad.output
+
+
+def test_8bit_base_keeps_its_embedding_in_the_load_dtype(demo) -> None:
+    """PEFT's k-bit preparation upcasts every unquantized weight to float32; the frozen token embedding (1.0B
+    parameters in Gemma 3 12B, tied to the LM head) goes back to bf16 with its values unchanged."""
+    import torch
+    from safetensors.torch import load_file
+
+    from docval_sft.build import load_model
+    from docval_sft.presets import get_preset
+
+    preset = get_preset("3090-8bit").with_overrides({"model_name_or_path": str(demo.model_dir), "use_cpu": True})
+    model = load_model(preset)
+    embedding = model.get_input_embeddings().weight
+    assert embedding.dtype == torch.bfloat16 and not embedding.requires_grad
+    assert model.get_output_embeddings().weight is embedding  # still tied
+    saved = load_file(demo.model_dir / "model.safetensors")
+    key = next(k for k in saved if k.endswith("embed_tokens.weight"))
+    assert torch.equal(embedding, saved[key].to(torch.bfloat16))
+    layer = model.model.language_model.layers[0]
+    assert layer.mlp.up_proj.weight.dtype == torch.int8  # the linears stay int8
+    assert layer.input_layernorm.weight.dtype == torch.float32  # PEFT's float32 norms are kept
