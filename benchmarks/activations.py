@@ -118,7 +118,7 @@ def main() -> None:
         print(json.dumps({
             "bench": "activations", "variant": spec, "scale": args.scale, "seq_len": args.seq, "layers": n_layers,
             "gradient_checkpointing": preset.gradient_checkpointing, "lora_dropout": preset.lora_dropout,
-            "dtype": preset.dtype, "per_layer_mib": round(per_layer / 2**20, 1),
+            "dtype": preset.dtype, "per_layer_bytes": round(per_layer), "per_layer_mib": round(per_layer / 2**20, 1),
             "per_layer_kib_per_token": round(per_layer / 1024 / args.seq, 1), "rest_mib": round(rest / 2**20, 1),
             "per_sample_gib": round(per_sample / 2**30, 2), "per_device_train_batch_size": batch,
             "per_batch_gib": round(batch * per_sample / 2**30, 2), "seconds": round(t2 + t4, 1),

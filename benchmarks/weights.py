@@ -104,6 +104,7 @@ def main() -> None:
         print(json.dumps({
             "bench": "weights", "variant": spec, "scale": args.scale, "layers": n_layers,
             "load_in_8bit": preset.load_in_8bit, "dtype": preset.dtype,
+            "weights_bytes_by_dtype": {k: round(v) for k, v in sorted(full.items())},
             "weights_gib_by_dtype": {k: round(v / gib, 3) for k, v in sorted(full.items())},
             "weights_gib": round(weights / gib, 2), "trainable_params": round(trainable),
             "trainable_gib": round(trainable_bytes / gib, 3),

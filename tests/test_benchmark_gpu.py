@@ -198,3 +198,42 @@ def test_record_gpu_turns_measurements_into_the_presets_column(tmp_path: Path) -
     assert row["guide_run_hours"] == round(312 * 10.0 / 3600, 2)
     assert _measured_cell(row) == "10.00 s/step, MFU 25%, peak 30.5 GiB, guide run 0.9 h (TEST DEVICE, 2026-01-02)"
     assert _measured_cell(None) == "not yet"
+
+
+def run_script(name: str, *args: str) -> list[dict]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_weights_benchmark_counts_what_load_model_keeps_resident() -> None:
+    """benchmarks/weights.py at the tiny scale: bf16 base = 2 bytes per parameter; the 8-bit base has int8 linears and
+    its token embedding back in bf16 (not PEFT's float32 copy); same adapter either way."""
+    rows = {r["variant"]: r for r in run_script("weights.py", "--scale", "tiny", "--presets", "a100", "3090-8bit")}
+    bench = load_bench()
+    config = bench.make_config("tiny")
+    counts = bench.param_counts(config)
+    a100, int8 = rows["a100"]["weights_bytes_by_dtype"], rows["3090-8bit"]["weights_bytes_by_dtype"]
+    scale = 2  # Gemma 3's embedding keeps its sqrt(hidden) scale as a one-element bf16 buffer
+    assert a100["bfloat16"] == 2 * counts["total"] + scale
+    adapter = 4 * rows["a100"]["trainable_params"]  # PEFT keeps the adapter in float32
+    assert adapter <= a100["float32"] <= adapter + 1024  # + rotary inv_freq buffers
+    assert int8["bfloat16"] == 2 * counts["lm_embedding"] + scale
+    assert int8["int8"] > 0 and int8["int8_scales_float32"] > 0
+    assert rows["a100"]["trainable_params"] == rows["3090-8bit"]["trainable_params"] > 0
+    assert rows["3090-8bit"]["weights_gib"] < rows["a100"]["weights_gib"] or rows["a100"]["weights_gib"] == 0
+
+
+def test_activations_benchmark_sees_checkpointing_and_dropout() -> None:
+    """benchmarks/activations.py at the tiny scale: with checkpointing a layer keeps only its input (seq x hidden
+    x 2 bytes); without, far more, and LoRA dropout adds its copies."""
+    rows = {r["variant"]: r for r in run_script(
+        "activations.py", "--scale", "tiny", "--seq", "128", "--variants", "a100",
+        "a100:gradient_checkpointing=false", "a100:gradient_checkpointing=false,lora_dropout=0")}
+    hidden = load_bench().make_config("tiny").text_config.hidden_size
+    assert rows["a100"]["per_layer_bytes"] == 128 * hidden * 2
+    no_ckpt = rows["a100:gradient_checkpointing=false"]["per_layer_bytes"]
+    no_dropout = rows["a100:gradient_checkpointing=false,lora_dropout=0"]["per_layer_bytes"]
+    assert no_ckpt > no_dropout > 10 * rows["a100"]["per_layer_bytes"]
