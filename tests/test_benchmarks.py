@@ -22,7 +22,8 @@ def run(name: str, *args: str) -> list[dict]:
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    # JSON lines only: the plain TRL script of overhead.py also prints the Trainer's own log dicts (Python reprs)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"')]
 
 
 def test_overhead_alternates_both_trainers_and_reports_the_ratio() -> None:
