@@ -9,7 +9,9 @@ TRL's vision collator: image decoding, Gemma 3's image processor, chat template,
 iterated once over every record, timed. The processor has Gemma 3's image geometry by default (pages resized to
 896 x 896, 256 image tokens per image) with the tiny model's tokenizer; no model forward runs.
 
-One JSON line per (round, strategy, workers), the configurations alternated ``--rounds`` times (the time includes
+First, the check ``docval-sft train`` runs before training (decode every page, count every record's tokens with
+TRL's collator) with each ``--count-workers`` value: ``"event": "token_counts"`` lines with ``ms_per_record``.
+Then one JSON line per (round, strategy, workers), the configurations alternated ``--rounds`` times (the time includes
 starting the worker processes, once per pass): ``ms_per_sample`` (wall time / samples), ``samples_per_s``,
 ``padding_fraction`` (pad positions / all positions of the padded batches; what a GPU computes for nothing) and the
 token counts. The first line (``"event": "lengths"``) gives the token-count distribution of the records.
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--strategies", nargs="+", default=["random", "group_by_length"])
     parser.add_argument("--rounds", type=int, default=2, help="passes over all configurations, alternated")
+    parser.add_argument("--count-workers", type=int, nargs="+", default=[0, 2, 0, 2],
+                        help="worker processes of the token-count check before training, measured in this order")
     parser.add_argument("--image-size", type=int, default=896, help="processor resize (Gemma 3: 896)")
     parser.add_argument("--image-tokens", type=int, default=256, help="image tokens per image (Gemma 3: 256)")
     args = parser.parse_args()
@@ -66,15 +70,19 @@ def main() -> None:
         model_dir = build_tiny_model(root / "tiny")
         processor = build_tiny_processor(root / "processor", image_size=args.image_size,
                                          image_seq_length=args.image_tokens)
-        start = time.perf_counter()
-        split = prepare_split("train", data, root / "images", counter=TokenCounter(processor))
-        count_s = time.perf_counter() - start
+        counter = TokenCounter(processor)
+        for workers in args.count_workers:  # the data check before training: decode + count every record
+            start = time.perf_counter()
+            split = prepare_split("train", data, root / "images", counter=counter, workers=workers)
+            print(json.dumps({"bench": "dataloader", "event": "token_counts", "workers": workers,
+                              "records": len(split.records),
+                              "ms_per_record": round(1000 * (time.perf_counter() - start) / len(split.records), 1)}),
+                  flush=True)
         lengths = [c.total for c in split.token_counts]
         print(json.dumps({"bench": "dataloader", "event": "lengths", "records": len(lengths),
                           "image_size": args.image_size, "image_tokens": args.image_tokens,
                           "total_tokens": {**percentiles(lengths, (0, 50, 90, 100)),
-                                           "mean": round(sum(lengths) / len(lengths), 1)},
-                          "token_count_ms_per_record": round(1000 * count_s / len(lengths), 1)}), flush=True)
+                                           "mean": round(sum(lengths) / len(lengths), 1)}}), flush=True)
         dataset = to_dataset(split.records, split.image_paths, lengths=lengths)
         configs = [(s, w) for s in args.strategies for w in args.workers]
         for round_ in range(1, args.rounds + 1):

@@ -92,6 +92,7 @@ def validate_data_cmd(
     skipped_out: Annotated[Path, typer.Option("--skipped-out", help="Where --skip-bad writes its report.")] = Path("skipped.jsonl"),
     allow_absolute_paths: AllowAbs = False,
     bbox_format: Annotated[str, typer.Option("--bbox-format", help="Box format of the target whose tokens are counted: pixel or norm1000.")] = "pixel",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Processes decoding images and counting tokens (0: this one).")] = 0,
     as_json: JsonOut = False,
 ) -> None:
     """Validate Phase A records and their images; with --model, count tokens per record against --max-length."""
@@ -106,7 +107,7 @@ def validate_data_cmd(
     report = validate_data(
         train_data, image_dir, val_data=val_data, processor=processor, max_length=max_length, strict=strict,
         skip_bad=skip_bad, skipped_file=skipped_out, allow_absolute_paths=allow_absolute_paths,
-        show_progress=console.is_terminal, bbox_format=_bbox_format(bbox_format),
+        show_progress=console.is_terminal, bbox_format=_bbox_format(bbox_format), workers=workers,
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))

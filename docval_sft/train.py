@@ -284,7 +284,7 @@ def _validate(run: RunConfig, processor: Any, show_progress: bool) -> tuple[Any,
         run.train_data, run.image_dir, val_data=run.val_data, processor=processor,
         max_length=run.preset.max_length, strict=run.strict, skip_bad=run.skip_bad,
         allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
-        bbox_format=run.preset.bbox_format,
+        bbox_format=run.preset.bbox_format, workers=run.preset.dataloader_num_workers,
     )
     problems = []
     if not report.ok:

@@ -9,8 +9,9 @@ released: memory does not grow with the number of images. With ``skip_bad`` reco
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,41 +98,66 @@ def prepare_split(
     on_record: Callable[[], None] | None = None,
     limit: int | None = None,
     on_total: Callable[[int], None] | None = None,
+    workers: int = 0,
 ) -> SplitData:
     """Load, validate and (with ``counter``) measure one file. Records with an error are not in ``records``.
-    ``limit`` stops after that many usable records (the rest of the file is parsed, its images not opened)."""
+    ``limit`` stops after that many usable records (the rest of the file is parsed, its images not opened).
+    ``workers`` > 0 decodes images and counts tokens in that many forked processes (same results, same order)."""
     loaded: LoadResult = load_records(path, strict=strict)
     split = SplitData(name, loaded.file, loaded.n_total, issues=list(loaded.issues))
     image_root, data_dir = Path(image_dir), loaded.file.parent
     if on_total:
         on_total(len(loaded.records) if limit is None else min(limit, len(loaded.records)))
+    parallel = workers > 0 and limit is None and "fork" in multiprocessing.get_all_start_methods()
+    found: list[tuple[PhaseARecord, Path]] = []
     last_page: dict[str, Any] = {}
     for record in loaded.records:
         if limit is not None and len(split.records) >= limit:
             break
-        if on_record:
+        if on_record and not parallel:
             on_record()
         try:
             image_path = resolve_image(record, image_root, data_dir, allow_absolute_paths=allow_absolute_paths)
-            info, count = _inspect(record, image_path, counter, last_page)
+            if parallel:  # decoded and counted below, in the workers
+                found.append((record, image_path))
+                continue
+            _accept(split, record, image_path, _inspect(record, image_path, counter, last_page), max_length)
         except ImageProblem as problem:
-            field_name = "image_path" if record.image_path is not None else "image_file"
-            split.issues.append(Issue(record.location, field_name, problem.code, str(problem)))
-            continue
-        if count is not None and max_length is not None and count.total > max_length:
-            split.issues.append(Issue(
-                record.location, None, "too_long",
-                f"{count.total} tokens (prompt {count.prompt} incl. {count.image} image tokens + target "
-                f"{count.target}) exceed max_length {max_length}; raise --max-length or skip it with --skip-bad "
-                "(records are never truncated)",
-            ))
-            continue
-        split.records.append(record)
-        split.image_paths.append(image_path)
-        split.image_sizes.append((info.width, info.height))
-        if count is not None:
-            split.token_counts.append(count)
+            if on_record and parallel:
+                on_record()
+            _image_issue(split, record, problem)
+    for (record, image_path), outcome in zip(found, _inspect_in_workers(found, counter, workers), strict=True):
+        if on_record:
+            on_record()
+        if isinstance(outcome, ImageProblem):
+            _image_issue(split, record, outcome)
+        else:
+            _accept(split, record, image_path, outcome, max_length)
+    split.issues.sort(key=lambda issue: issue.location.index)  # file order (stable: a record's own order kept)
     return split
+
+
+def _image_issue(split: SplitData, record: PhaseARecord, problem: ImageProblem) -> None:
+    field_name = "image_path" if record.image_path is not None else "image_file"
+    split.issues.append(Issue(record.location, field_name, problem.code, str(problem)))
+
+
+def _accept(split: SplitData, record: PhaseARecord, image_path: Path,
+            inspected: tuple[ImageInfo, TokenCount | None], max_length: int | None) -> None:
+    info, count = inspected
+    if count is not None and max_length is not None and count.total > max_length:
+        split.issues.append(Issue(
+            record.location, None, "too_long",
+            f"{count.total} tokens (prompt {count.prompt} incl. {count.image} image tokens + target "
+            f"{count.target}) exceed max_length {max_length}; raise --max-length or skip it with --skip-bad "
+            "(records are never truncated)",
+        ))
+        return
+    split.records.append(record)
+    split.image_paths.append(image_path)
+    split.image_sizes.append((info.width, info.height))
+    if count is not None:
+        split.token_counts.append(count)
 
 
 def _inspect(record: PhaseARecord, image_path: Path, counter: TokenCounter | None,
@@ -150,6 +176,51 @@ def _inspect(record: PhaseARecord, image_path: Path, counter: TokenCounter | Non
     image = last["image"]
     info = ImageInfo(image_path, image.width, image.height, image.mode)
     return info, counter.count(record, image) if counter is not None else None
+
+
+# What the forked workers of _inspect_in_workers read: set just before the fork, so records and the processor
+# reach the workers without being pickled; only (start, end) ranges and small results cross processes.
+_FORK_STATE: tuple[list[tuple[PhaseARecord, Path]], TokenCounter | None] | None = None
+_CHUNK = 16  # consecutive records per task: questions about the same page stay with one worker's page cache
+
+
+def _inspect_range(bounds: tuple[int, int]) -> list[tuple[ImageInfo, TokenCount | None] | tuple[str, str]]:
+    assert _FORK_STATE is not None
+    found, counter = _FORK_STATE
+    last: dict[str, Any] = {}
+    out: list[Any] = []
+    for record, image_path in found[bounds[0]:bounds[1]]:
+        try:
+            out.append(_inspect(record, image_path, counter, last))
+        except ImageProblem as problem:  # sent back as (code, message): exceptions with extra fields do not pickle
+            out.append((problem.code, str(problem)))
+    return out
+
+
+def _one_thread() -> None:
+    """In each worker, as torch's DataLoader workers do: one intra-op thread (workers are the parallelism, and an
+    OpenMP pool inherited through fork must not be used)."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _inspect_in_workers(found: list[tuple[PhaseARecord, Path]], counter: TokenCounter | None,
+                        workers: int) -> Iterator[tuple[ImageInfo, TokenCount | None] | ImageProblem]:
+    """``_inspect`` of every (record, image path) in ``workers`` forked processes, yielded in order."""
+    global _FORK_STATE
+    if not found:
+        return
+    _FORK_STATE = (found, counter)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
+            ranges = [(i, min(i + _CHUNK, len(found))) for i in range(0, len(found), _CHUNK)]
+            for results in pool.imap(_inspect_range, ranges):
+                for result in results:
+                    yield ImageProblem(*result) if isinstance(result[0], str) else result
+    finally:
+        _FORK_STATE = None
 
 
 def write_skipped(splits: list[SplitData], path: Path) -> int:
@@ -173,8 +244,10 @@ def validate_data(
     allow_absolute_paths: bool = False,
     show_progress: bool = False,
     bbox_format: BboxFormat = "pixel",
+    workers: int = 0,
 ) -> ValidationReport:
-    """Validate the train (and val) files; with ``skip_bad``, errors are written to ``skipped_file``."""
+    """Validate the train (and val) files; with ``skip_bad``, errors are written to ``skipped_file``. ``workers``
+    processes decode the images and count the tokens (0: this process)."""
     from rich.progress import Progress
 
     counter = TokenCounter(processor, bbox_format) if processor is not None else None
@@ -186,7 +259,7 @@ def validate_data(
             splits.append(prepare_split(
                 name, path, image_dir, counter=counter, max_length=max_length, strict=strict,
                 allow_absolute_paths=allow_absolute_paths, on_record=lambda t=task: progress.advance(t),
-                on_total=lambda n, t=task: progress.update(t, total=n),
+                on_total=lambda n, t=task: progress.update(t, total=n), workers=workers,
             ))
     report = ValidationReport(splits, max_length, skip_bad)
     if skip_bad and report.n_errors and skipped_file is not None:

@@ -48,8 +48,10 @@ def test_data_reports_rate_and_peak_rss_per_size() -> None:
 
 
 def test_dataloader_measures_each_strategy_and_worker_count() -> None:
-    lines = run("dataloader.py", "--records", "32", "--workers", "0", "1", "--rounds", "1", "--grad-accum", "1")
-    lengths, rows = lines[0], lines[1:]
+    lines = run("dataloader.py", "--records", "32", "--workers", "0", "1", "--rounds", "1", "--grad-accum", "1",
+                "--count-workers", "0", "2")
+    counts, lengths, rows = lines[:2], lines[2], lines[3:]
+    assert [(c["event"], c["workers"], c["records"]) for c in counts] == [("token_counts", 0, 32), ("token_counts", 2, 32)]
     assert lengths["event"] == "lengths" and lengths["records"] == 32 and lengths["image_tokens"] == 256
     assert [(r["strategy"], r["workers"]) for r in rows] == [
         ("random", 0), ("random", 1), ("group_by_length", 0), ("group_by_length", 1)]

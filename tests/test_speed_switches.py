@@ -120,3 +120,36 @@ def test_8bit_base_keeps_its_embedding_in_the_load_dtype(demo) -> None:
     layer = model.model.language_model.layers[0]
     assert layer.mlp.up_proj.weight.dtype == torch.int8  # the linears stay int8
     assert layer.input_layernorm.weight.dtype == torch.float32  # PEFT's float32 norms are kept
+
+
+def test_checks_in_worker_processes_give_the_same_report(demo, processor) -> None:
+    """Decoding and counting in forked workers: the same records, counts, sizes and issues, in file order."""
+    from docval_sft.lengths import TokenCounter
+    from docval_sft.validate import prepare_split
+
+    def facts(split) -> tuple:
+        return (split.records, split.image_paths, split.image_sizes, split.token_counts,
+                [(i.location.index, i.code, i.field, i.message) for i in split.issues])
+
+    counter = TokenCounter(processor)
+    for path in (demo.data.train, demo.data.bad):
+        ticks: dict[int, list[int]] = {0: [], 2: []}
+        one, two = (prepare_split("train", path, demo.data.image_dir, counter=counter, max_length=330, workers=n,
+                                  on_record=lambda n=n: ticks[n].append(1)) for n in (0, 2))
+        assert facts(two) == facts(one)
+        assert len(ticks[2]) == len(ticks[0]) > 0  # the progress bar advances once per record either way
+        assert any(i.code == "too_long" for i in one.issues)  # the max_length check runs on workers' counts too
+    bad = prepare_split("train", demo.data.bad, demo.data.image_dir, workers=2)
+    codes = {i.code for i in bad.issues}
+    assert {"missing_image", "unreadable_image", "not_an_image"} <= codes  # image problems cross processes
+
+
+def test_validate_data_cli_workers_option(demo, tiny_model_dir: Path) -> None:
+    d = demo.data
+    args = ["validate-data", "--train-data", str(d.train), "--val-data", str(d.val), "--image-dir",
+            str(d.image_dir), "--model", str(tiny_model_dir), "--max-length", "1024", "--json"]
+    serial = runner.invoke(app, args)
+    parallel = runner.invoke(app, [*args, "--workers", "2"])
+    assert serial.exit_code == parallel.exit_code == 0, parallel.output
+    assert json.loads(parallel.stdout) == json.loads(serial.stdout)
+    assert json.loads(serial.stdout)["splits"]["train"]["tokens"]["total"]["max"] > 0
