@@ -103,10 +103,10 @@ class Preset:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
 
-# Building a batch (decode the page, Gemma 3's 896-px image processor, template, tokenise) took 52-69 ms per sample
-# on one CPU core (benchmarks/dataloader.py): ~1 s of every 16-sample step if the training process did it itself.
-# Workers build the next batches while the GPU computes; the training math and the data order do not change.
-# The same number of processes checks and counts the records before training (73-79 ms per record on one core).
+# Building a batch (decode the page, Gemma 3's 896-px image processor, template, tokenise) took 52-87 ms per sample
+# on one CPU core (benchmarks/dataloader.py): 0.8-1.4 s of every 16-sample step if the training process did it
+# itself. Workers build the next batches while the GPU computes; the training math and the data order do not
+# change. As many processes check and count the records before training (73-85 ms per record on one core).
 GPU_DATALOADER_WORKERS = 4
 
 PRESETS: dict[str, Preset] = {
