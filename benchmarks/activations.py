@@ -38,8 +38,6 @@ if importlib.util.find_spec("docval_sft") is None:
 sys.path.insert(0, str(HERE))
 import gpu as bench  # (the shipped 12B config, the synthetic sample layout, variant specs)
 
-LAYER_PAIR = ["sliding_attention", "full_attention"]  # 12B: 40 sliding + 8 full; both kinds counted
-
 
 def saved_bytes(preset: Any, scale: str, layers: list[str], seq: int) -> tuple[int, float]:
     """Bytes autograd saves in one training forward of a ``len(layers)``-layer decoder on one sample."""
@@ -49,8 +47,7 @@ def saved_bytes(preset: Any, scale: str, layers: list[str], seq: int) -> tuple[i
 
     from docval_sft.build import build_lora_config
 
-    data = bench.config_dict(scale)
-    data["text_config"] = {**data["text_config"], "num_hidden_layers": len(layers), "layer_types": layers}
+    data = bench.reduced_depth_config(scale, layers)
     # A minimal vision tower (frozen, so it saves nothing either way) that still yields 256 image tokens (12B's).
     data["vision_config"] = {**data["vision_config"], "hidden_size": 64, "intermediate_size": 128,
                              "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 64, "patch_size": 4}
@@ -109,11 +106,9 @@ def main() -> None:
     n_layers = bench.make_config(args.scale).text_config.num_hidden_layers
     for spec in args.variants:
         preset, _ = bench.parse_variant(spec)
-        two, t2 = saved_bytes(preset, args.scale, LAYER_PAIR, args.seq)
-        four, t4 = saved_bytes(preset, args.scale, LAYER_PAIR * 2, args.seq)
-        per_layer = (four - two) / 2
-        rest = two - 2 * per_layer
-        per_sample = rest + n_layers * per_layer
+        two, t2 = saved_bytes(preset, args.scale, bench.LAYER_PAIR, args.seq)
+        four, t4 = saved_bytes(preset, args.scale, bench.LAYER_PAIR * 2, args.seq)
+        per_layer, rest, per_sample = bench.extrapolate_layers(two, four, n_layers)
         batch = preset.per_device_train_batch_size
         print(json.dumps({
             "bench": "activations", "variant": spec, "scale": args.scale, "seq_len": args.seq, "layers": n_layers,

@@ -232,6 +232,26 @@ def peak_flops_for(device_name: str) -> float | None:
     return None
 
 
+# ---------------------------------------------------------------- reduced depth (activations.py, weights.py)
+
+LAYER_PAIR = ["sliding_attention", "full_attention"]  # 12B: 40 sliding + 8 full; one of each kind per pair
+
+
+def reduced_depth_config(scale: str, layers: list[str]) -> dict[str, Any]:
+    """``config_dict(scale)`` with only ``layers`` as decoder layers; every other shape unchanged."""
+    data = config_dict(scale)
+    data["text_config"] = {**data["text_config"], "num_hidden_layers": len(layers), "layer_types": layers}
+    return data
+
+
+def extrapolate_layers(two: float, four: float, n_layers: int) -> tuple[float, float, float]:
+    """(per layer, rest, whole model) of a quantity measured with LAYER_PAIR and with LAYER_PAIR * 2 decoder layers:
+    their difference is two layers, the 2-layer figure minus its layers is the rest, whole = rest + n x per layer."""
+    per_layer = (four - two) / 2
+    rest = two - 2 * per_layer
+    return per_layer, rest, rest + n_layers * per_layer
+
+
 # ---------------------------------------------------------------- synthetic data
 
 

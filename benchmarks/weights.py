@@ -32,8 +32,6 @@ if importlib.util.find_spec("docval_sft") is None:
 sys.path.insert(0, str(HERE))
 import gpu as bench  # (the shipped 12B config and variant specs)
 
-LAYER_PAIR = ["sliding_attention", "full_attention"]
-
 
 def tensor_bytes(model: Any) -> tuple[Counter[str], int, int]:
     """(resident bytes by dtype, trainable parameters, trainable bytes) of ``model``; bitsandbytes' int8 row
@@ -62,8 +60,7 @@ def loaded_bytes(preset: Any, scale: str, layers: list[str], workdir: Path) -> t
 
     from docval_sft.build import build_lora_config, load_model
 
-    data = bench.config_dict(scale)
-    data["text_config"] = {**data["text_config"], "num_hidden_layers": len(layers), "layer_types": layers}
+    data = bench.reduced_depth_config(scale, layers)
     torch.manual_seed(0)
     with torch.device("cpu"):
         model = Gemma3ForConditionalGeneration(copy.deepcopy(Gemma3Config(**data))).to(torch.bfloat16)
@@ -92,12 +89,11 @@ def main() -> None:
     for spec in args.presets:
         preset, _ = bench.parse_variant(spec)
         with tempfile.TemporaryDirectory(prefix="docval-weights-") as tmp:
-            two, trainable2, tbytes2 = loaded_bytes(preset, args.scale, LAYER_PAIR, Path(tmp))
-            four, trainable4, tbytes4 = loaded_bytes(preset, args.scale, LAYER_PAIR * 2, Path(tmp))
-        per_layer = {k: (four[k] - two[k]) / 2 for k in four}
-        full = {k: two[k] - 2 * per_layer[k] + n_layers * per_layer[k] for k in four}
-        trainable = trainable2 + (trainable4 - trainable2) / 2 * (n_layers - 2)
-        trainable_bytes = tbytes2 + (tbytes4 - tbytes2) / 2 * (n_layers - 2)
+            two, trainable2, tbytes2 = loaded_bytes(preset, args.scale, bench.LAYER_PAIR, Path(tmp))
+            four, trainable4, tbytes4 = loaded_bytes(preset, args.scale, bench.LAYER_PAIR * 2, Path(tmp))
+        full = {k: bench.extrapolate_layers(two[k], four[k], n_layers)[2] for k in four}
+        trainable = bench.extrapolate_layers(trainable2, trainable4, n_layers)[2]
+        trainable_bytes = bench.extrapolate_layers(tbytes2, tbytes4, n_layers)[2]
         weights = sum(full.values())
         # full fine-tuning trains every weight: gradients + AdamW's exp_avg and exp_avg_sq in the weights' dtype
         training_state = 3 * trainable_bytes

@@ -22,17 +22,25 @@ def measured_split(demo, processor):
     return prepare_split("train", demo.data.train, demo.data.image_dir, counter=TokenCounter(processor))
 
 
-def epoch_of_batches(demo, processor, split, strategy: str, tmp_path: Path) -> list[list[int]]:
-    """Real token counts of each batch of one epoch of the Trainer's own training dataloader."""
+def demo_trainer(demo, processor, dataset, strategy: str, out: Path):
+    """The trainer `train` builds for the demo preset with this sampling strategy."""
     from docval_sft.build import build_trainer, load_model
-    from docval_sft.convert import to_dataset
     from docval_sft.presets import get_preset
 
     preset = get_preset("demo").with_overrides({"model_name_or_path": str(demo.model_dir),
                                                  "train_sampling_strategy": strategy})
-    dataset = to_dataset(split.records, split.image_paths, lengths=[c.total for c in split.token_counts])
-    trainer = build_trainer(preset, load_model(preset), processor, dataset, None, str(tmp_path / strategy),
-                            report_to=[])
+    return build_trainer(preset, load_model(preset), processor, dataset, None, str(out), report_to=[])
+
+
+def counted_dataset(split, n: int | None = None):
+    from docval_sft.convert import to_dataset
+
+    return to_dataset(split.records[:n], split.image_paths[:n], lengths=[c.total for c in split.token_counts[:n]])
+
+
+def epoch_of_batches(demo, processor, split, strategy: str, tmp_path: Path) -> list[list[int]]:
+    """Real token counts of each batch of one epoch of the Trainer's own training dataloader."""
+    trainer = demo_trainer(demo, processor, counted_dataset(split), strategy, tmp_path / strategy)
     return [batch["attention_mask"].sum(dim=1).tolist() for batch in trainer.get_train_dataloader()]
 
 
@@ -55,27 +63,18 @@ def test_group_by_length_uses_the_measured_counts_and_cuts_padding(demo, process
 
 def test_the_length_column_survives_only_when_grouping(demo, processor, measured_split, tmp_path: Path) -> None:
     """The Trainer drops columns its model does not take before building the sampler; ours keeps 'length'."""
-    from docval_sft.build import build_trainer, load_model
     from docval_sft.convert import to_dataset
-    from docval_sft.presets import get_preset
+    from docval_sft.errors import DocvalError
 
-    dataset = to_dataset(measured_split.records[:8], measured_split.image_paths[:8],
-                         lengths=[c.total for c in measured_split.token_counts[:8]])
+    dataset = counted_dataset(measured_split, 8)
     for strategy, kept in (("group_by_length", True), ("random", False)):
-        preset = get_preset("demo").with_overrides({"model_name_or_path": str(demo.model_dir),
-                                                     "train_sampling_strategy": strategy})
-        trainer = build_trainer(preset, load_model(preset), processor, dataset, None, str(tmp_path / strategy),
-                                report_to=[])
+        trainer = demo_trainer(demo, processor, dataset, strategy, tmp_path / strategy)
         columns = trainer._remove_unused_columns(dataset).column_names
         assert ("length" in columns) is kept and {"prompt", "completion", "images"} <= set(columns)
     # Through the Python API without the counts: one clear error instead of transformers' "cannot infer lengths".
-    from docval_sft.errors import DocvalError
-
-    preset = get_preset("demo").with_overrides({"model_name_or_path": str(demo.model_dir),
-                                                 "train_sampling_strategy": "group_by_length"})
     bare = to_dataset(measured_split.records[:8], measured_split.image_paths[:8])
     with pytest.raises(DocvalError, match=r"needs the token count of every train record: .*lengths=\.\.\."):
-        build_trainer(preset, load_model(preset), processor, bare, None, str(tmp_path / "bare"), report_to=[])
+        demo_trainer(demo, processor, bare, "group_by_length", tmp_path / "bare")
 
 
 @pytest.mark.slow
