@@ -10,10 +10,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DocvalError
 from .presets import Preset
+from .quiet import need_bitsandbytes, quiet_libraries
+from .sources import check_model_source  # noqa: F401 - quiet_libraries re-exported
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -99,6 +102,8 @@ def sft_config_kwargs(preset: Preset, output_dir: str, *, has_eval: bool, report
         # Lengths are checked per record before training; TRL's truncation would cut image tokens or the tail.
         max_length=None,
         completion_only_loss=True,
+        # A NaN loss is logged as NaN, not replaced by the running mean (transformers' default hides divergence).
+        logging_nan_inf_filter=False,
         seed=preset.seed,
         use_cpu=preset.use_cpu,
         dataloader_num_workers=preset.dataloader_num_workers,
@@ -159,24 +164,12 @@ def step_plan(preset: Preset, n_records: int, n_processes: int | None = None) ->
     return StepPlan(n_records, n_processes, preset.per_device_train_batch_size * g * n_processes, per_epoch, total)
 
 
-def quiet_libraries() -> None:
-    """Our progress bar and logs report the work; the libraries' own bars and internal deprecation notices
-    (about arguments their own code passes) would only bury them."""
-    import warnings
-
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
-
-
 def load_processor(source: Preset | str) -> Any:
     """The processor of a preset's model, or of a model id / directory; a failure is one line."""
     from transformers import AutoProcessor
 
     name = source.model_name_or_path if isinstance(source, Preset) else source
+    check_model_source(name)
     try:
         return AutoProcessor.from_pretrained(name)
     except (OSError, ValueError) as exc:
@@ -187,6 +180,7 @@ def load_pretrained(source: str, **kwargs: Any) -> Any:
     """``AutoModelForImageTextToText.from_pretrained`` with a one-line error naming the model."""
     from transformers import AutoModelForImageTextToText
 
+    check_model_source(source)
     try:
         return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
@@ -200,6 +194,7 @@ def load_model(preset: Preset) -> Any:
     quantization = build_quantization_config(preset)
     kwargs: dict[str, Any] = {"dtype": getattr(torch, preset.dtype), "attn_implementation": preset.attn_implementation}
     if quantization is not None:
+        need_bitsandbytes()
         from accelerate import PartialState
 
         # A quantized model cannot be moved after loading: put it on this process's device (one GPU per rank).
@@ -225,12 +220,73 @@ def prepare_quantized(model: Any, preset: Preset) -> Any:
     return model
 
 
+class Diverged(DocvalError):
+    """Training produced a non-finite loss or gradient: stopped before the optimizer applied it."""
+
+    exit_code = 3
+
+
+class SaveFailed(DocvalError):
+    """A checkpoint or final/ could not be written (a full disk, a read-only or vanished directory)."""
+
+    exit_code = 4
+
+
+def save_failure(target: str, exc: BaseException) -> str:
+    """Why ``target`` could not be written, in one line: torch reports a full disk as "basic_ios::clear: iostream
+    error" and safetensors as "IoError(... StorageFull ...)", so the free space is checked and said instead."""
+    import errno
+    import shutil
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    free = None
+    probe = Path(target)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        pass
+    full = (getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text or "StorageFull" in text
+            or (free is not None and free < 64 * 2**20))
+    if full:
+        return f"cannot write {target}: no space left on device ({(free or 0) / 2**20:.0f} MiB free); free some space " \
+               "(or lower save_total_limit)"
+    if getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {target}: {text}; choose a writable --output-dir"
+    return f"cannot write {target}: {text}"
+
+
+def load_full_weights(model: Any, checkpoint: str) -> None:
+    """Copy a full model checkpoint into ``model`` (full fine-tuning: resume, best model).
+
+    transformers 5 saves Gemma 3 under its original key names (``language_model.model.*``) and the Trainer loads a
+    checkpoint back with a plain ``load_state_dict(strict=False)``, which matches none of them: the run went on from
+    the base weights with a 78-key warning. ``from_pretrained`` applies the key mapping; the copy is strict, so a
+    mismatch is an error, never a silent restart.
+    """
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    loaded = type(model).from_pretrained(checkpoint, dtype=dtype, device_map={"": "cpu"})
+    with torch.no_grad():
+        model.load_state_dict(loaded.state_dict(), strict=True)
+    del loaded
+
+
 def trainer_class() -> type:
-    """TRL's SFTTrainer, plus generation metrics merged into evaluate() (so metric_for_best_model can use them)."""
+    """TRL's SFTTrainer plus what docval-sft guarantees on top: generation metrics merged into evaluate()
+    (so metric_for_best_model can use them), complete-or-ignored checkpoints, full fine-tuning that resumes and
+    keeps its best checkpoint, and a stop before a non-finite loss or gradient reaches the weights."""
+    import torch
     from trl import SFTTrainer
+
+    from . import checkpoints
+    from .callbacks import InterruptCallback
 
     class DocvalTrainer(SFTTrainer):
         generation_eval: Any = None
+        _nonfinite_loss: Any = None
 
         def _set_signature_columns_if_needed(self) -> None:
             # The Trainer drops every column outside these before it builds the sampler, so group_by_length would
@@ -246,6 +302,71 @@ def trainer_class() -> type:
                 self.log(extra)
                 metrics.update(extra)
             return metrics
+
+        # ---- divergence: checked once per optimizer step, before optimizer.step()
+
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            bad = ~torch.isfinite(loss.detach())  # no sync here: read once per optimizer step below
+            self._nonfinite_loss = bad if self._nonfinite_loss is None else (self._nonfinite_loss | bad)
+            return loss
+
+        def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+            grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+            loss_bad = self._nonfinite_loss if self._nonfinite_loss is not None else torch.tensor(False)
+            norm = torch.as_tensor(grad_norm if grad_norm is not None else 0.0, dtype=torch.float32)
+            flag = (loss_bad.to(norm.device) | ~torch.isfinite(norm)).to(torch.int32).reshape(1)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                flag = flag.to(self.args.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # every rank stops together
+            self._nonfinite_loss = None
+            if flag.item():
+                step = self.state.global_step + 1
+                what = "loss" if bool(loss_bad.any()) else f"gradient norm ({float(norm):g})"
+                raise Diverged(
+                    f"training diverged at step {step}: the {what} is not finite, so the update was not applied and "
+                    f"nothing was saved from it (no final/); the last checkpoint holds the last good weights. "
+                    f"Start again with a lower learning rate (--lr {self.args.learning_rate / 10:g}), keep gradient "
+                    "clipping on (max_grad_norm), check the images with `docval-sft validate-data`")
+            return grad_norm
+
+        # ---- checkpoints: complete or ignored; full fine-tuning loads its own
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            try:
+                super()._save_checkpoint(model, trial)
+            except DocvalError:
+                raise
+            except Exception as exc:
+                raise SaveFailed(save_failure(str(folder), exc)) from exc
+            self.accelerator.wait_for_everyone()  # every rank's rng state and shards are on disk
+            if self.args.should_save:
+                interrupted = any(isinstance(cb, InterruptCallback) and cb.received is not None
+                                  for cb in self.callback_handler.callbacks)
+                done = self.state.global_step >= self.state.max_steps or (
+                    self.control.should_training_stop and not interrupted)
+                try:
+                    checkpoints.write_marker(folder, finished=done)
+                except OSError as exc:
+                    raise SaveFailed(save_failure(str(folder), exc)) from exc
+
+        def _full_model(self) -> bool:
+            from transformers.trainer_utils import _is_peft_model  # noqa: PLC2701 - the Trainer's own test
+
+            return not (_is_peft_model(self.model) or self.is_deepspeed_enabled or self.is_fsdp_enabled)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            if model is None and self._full_model():
+                load_full_weights(self.model, resume_from_checkpoint)
+                return
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+        def _load_best_model(self) -> None:
+            if self._full_model():
+                load_full_weights(self.model, self.state.best_model_checkpoint)
+                return
+            super()._load_best_model()
 
     return DocvalTrainer
 

@@ -28,6 +28,10 @@ class TrainingLogCallback(TrainerCallback):
         if self.echo is not None:
             self.echo(line)
 
+    def note(self, text: str) -> None:
+        """A ``# ...`` line: what happened to the run besides training (checkpoints skipped, a stop)."""
+        self._write(f"# {text}")
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             start = f"from step {state.global_step}" if state.global_step else "from scratch"
@@ -111,11 +115,13 @@ class InterruptCallback(TrainerCallback):
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.second: int | None = None
         self.stopped_at: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:  # second signal: the user really wants out now
+            self.second = signum
             self._restore()
             raise KeyboardInterrupt
         self.received = signum

@@ -301,22 +301,25 @@ def train_cmd(
                   "strict": strict or None, "skip_bad": skip_bad or None,
                   "allow_absolute_paths": allow_absolute_paths or None, "report_to": _report_to(tensorboard, wandb)}
     if resume is not None:
-        if preset or config:
-            raise DocvalError("--resume continues a saved run: drop --preset/--config (the run's own are used)")
+        if config:
+            raise DocvalError("--resume continues a saved run: drop --config (the run's own configuration is used)")
         run, checkpoint = resume_run(resume, overrides, run_values)
+        if preset and preset != run.base_preset:
+            raise DocvalError(f"--preset {preset}: the run was started with preset {run.base_preset}; a resume "
+                              "continues the saved run unchanged (drop --preset)")
         if output_dir is not None and output_dir.resolve() != run.output_dir.resolve():
             raise DocvalError(f"--output-dir {output_dir} differs from the resumed run's directory {run.output_dir}")
     else:
         run, checkpoint = resolve_run(preset, config_file=config, overrides=overrides, run_values=run_values), None
     if dry_run:
-        resolved = plan(run, show_progress=not as_json)
+        resolved = plan(run, show_progress=not as_json, resume=checkpoint is not None, overwrite=overwrite)
         _print_plan(resolved, as_json)
         if not resolved["ok"]:
             raise typer.Exit(1)
         return
     result = train(run, resume_from=checkpoint, overwrite=overwrite)
     if result.main_process:
-        typer.echo(f"done: {result.global_step} steps; adapter and processor in {result.final_dir}; "
+        typer.echo(f"done: {result.global_step} steps; {'adapter' if run.preset.use_lora else 'model'} and processor in {result.final_dir}; "
                    f"log in {run.output_dir / 'training.log'}")
 
 
@@ -329,7 +332,10 @@ def resume_cmd(
     from .train import resume_run, train
 
     run, checkpoint = resume_run(run_dir, _overrides({}, set_fields))
-    typer.echo(f"resuming {run.output_dir} from {checkpoint.name}")
+    for note in checkpoint.notes():
+        typer.echo(f"note: {note}")
+    action = "writing final/ of" if checkpoint.finished else "resuming"
+    typer.echo(f"{action} {run.output_dir} from {checkpoint.checkpoint.name}")
     result = train(run, resume_from=checkpoint)
     if result.main_process:
         typer.echo(f"done: {result.global_step} steps; adapter and processor in {result.final_dir}")
@@ -503,6 +509,9 @@ def evaluate_cmd(
 
 
 def main() -> None:
+    from .quiet import hide_bitsandbytes
+
+    hide_bitsandbytes()  # imported again only by a quantized load (build.load_model)
     app()
 
 

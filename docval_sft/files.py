@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import DocvalError
+
 MODEL_INFO_FILE = "docval_sft.json"
 
 
@@ -31,3 +33,87 @@ def read_model_info(directory: Path) -> dict[str, Any]:
     """The model info of an adapter or merged dir; {} for a plain model directory or hub id."""
     path = Path(directory) / MODEL_INFO_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+LOCK_FILE = ".docval.lock"
+
+
+class RunLock:
+    """One writer per output directory, for as long as this process works in it.
+
+    An exclusive ``flock`` on ``DIR/.docval.lock``: the kernel releases it on any exit (kill -9 included), so a
+    lock left by a dead run is never in the way. The file names the holder (pid, host, command, start time) for the
+    refusal message. On a file system without ``flock`` the recorded holder decides: a live process on this host,
+    or any process on another host, keeps the directory.
+    """
+
+    def __init__(self, directory: Path, what: str = "run") -> None:
+        self.path = Path(directory) / LOCK_FILE
+        self.what = what
+        self._fh: Any = None
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _refuse(self, holder: dict[str, Any]) -> DocvalError:
+        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}: "
+               f"{holder.get('command', '?')}")
+        return DocvalError(f"{self.path.parent} is in use by another docval-sft {self.what} ({who}); wait for it to "
+                           "finish or choose another output directory")
+
+    def _stale_or_refuse(self) -> None:
+        """No flock here: go by the recorded holder."""
+        import os
+        import socket
+
+        holder = self._holder()
+        pid, host = holder.get("pid"), holder.get("host")
+        if not isinstance(pid, int) or pid == os.getpid():
+            return
+        if host != socket.gethostname():
+            raise self._refuse(holder)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return  # the holder died without releasing: a stale lock
+        except PermissionError:
+            pass
+        raise self._refuse(holder)
+
+    def __enter__(self) -> RunLock:
+        import errno
+        import fcntl
+        import os
+        import socket
+        import sys
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise self._refuse(self._holder()) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                fh.close()
+                raise
+            self._stale_or_refuse()
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # The file stays (unlinking it would let a waiter lock a deleted inode); closing releases the flock.
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -21,6 +21,7 @@ Defaults that differ from TRL/transformers, and why:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -95,9 +96,14 @@ class Preset:
                                "eval_anls / eval_iou / eval_map_50_95 / eval_cot_compliance (0: off).")
     generation_max_new_tokens: int = _f(1024, "Token limit of --eval-generate generations.")
 
-    def with_overrides(self, overrides: dict[str, Any], *, source: str = "override") -> Preset:
-        """A copy with ``overrides`` applied; unknown fields or wrong types are a DocvalError naming the field."""
-        return dataclasses.replace(self, **coerce_fields(overrides, source=source))
+    def with_overrides(self, overrides: dict[str, Any], *, source: str = "override",
+                       preset: str | None = None) -> Preset:
+        """A copy with ``overrides`` applied; unknown fields, wrong types or values out of range are a DocvalError
+        naming the source and the field (errors point to ``presets show PRESET``, default this preset's name)."""
+        shown = preset or (self.name if self.name in PRESETS else "a100")
+        result = dataclasses.replace(self, **coerce_fields(overrides, source=source, preset=shown))
+        check_preset(result, source=source)
+        return result
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
@@ -222,14 +228,69 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
-def coerce_fields(values: dict[str, Any], *, source: str) -> dict[str, Any]:
+def coerce_fields(values: dict[str, Any], *, source: str, preset: str = "a100") -> dict[str, Any]:
     """Check names and coerce types of preset overrides; errors name the source and the field."""
     out = {}
     for name, value in values.items():
         if name not in _FIELD_TYPES:
-            raise DocvalError(f"{source}: unknown preset field '{name}'; see `docval-sft presets show a100`")
+            raise DocvalError(f"{source}: unknown preset field '{name}'; see `docval-sft presets show {preset}`")
         out[name] = _coerce(name, value, source)
     return out
+
+
+# ---------------------------------------------------------------- ranges, checked before anything is written
+
+def _finite(v: float) -> bool:
+    return math.isfinite(v)
+
+
+# Attention kernels transformers accepts by name; "org/name" is a kernel from the Hugging Face kernels hub.
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+# field -> (test, what a valid value is). A value that passes the type check but not this would otherwise surface
+# hours into a run, or never (a NaN learning rate trains NaN; save_steps=0 divides by zero).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "learning_rate": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "num_train_epochs": (lambda v: _finite(v) and v > 0, "a number > 0 (use max_steps to stop earlier)"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (epochs decide) or an integer >= 1"),
+    "per_device_train_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "per_device_eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "warmup_ratio": (lambda v: _finite(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "max_grad_norm": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
+    "lora_r": (lambda v: v >= 1, "an integer >= 1"),
+    "lora_alpha": (lambda v: v >= 1, "an integer >= 1"),
+    "lora_dropout": (lambda v: _finite(v) and 0 <= v < 1, "a probability in [0, 1)"),
+    "max_length": (lambda v: v >= 1, "an integer >= 1"),
+    "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "dataloader_num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "logging_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "eval_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "save_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "save_total_limit": (lambda v: v >= 1, "an integer >= 1"),
+    "early_stopping_patience": (lambda v: v >= 0, "an integer >= 0 (0: never stop early)"),
+    "eval_generate": (lambda v: v >= 0, "an integer >= 0"),
+    "generation_max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "attn_implementation": (lambda v: v in ATTN_IMPLEMENTATIONS or v.count("/") == 1,
+                            "one of " + ", ".join(ATTN_IMPLEMENTATIONS) + " (or a hub kernel 'org/name')"),
+    "lora_target_modules": (lambda v: len(v) > 0, "at least one module name"),
+    "model_name_or_path": (lambda v: bool(v.strip()), "a model id or directory"),
+}
+assert set(_RANGES) <= set(_FIELD_TYPES)
+
+
+def check_preset(preset: Preset, *, source: str) -> None:
+    """Every field in its valid range and no contradictory pair; a DocvalError naming the source and field."""
+    for name, (ok, expected) in _RANGES.items():
+        value = getattr(preset, name)
+        if not ok(value):
+            raise DocvalError(f"{source}: field '{name}' must be {expected}, got {value!r}")
+    if preset.load_in_8bit and preset.load_in_4bit:
+        raise DocvalError(f"{source}: load_in_8bit and load_in_4bit are exclusive; choose one")
+    if (preset.load_in_8bit or preset.load_in_4bit) and not preset.use_lora:
+        raise DocvalError(f"{source}: a quantized base cannot be fully fine-tuned; keep use_lora (--use-lora) with "
+                          "--use-8bit")
 
 
 def field_help() -> dict[str, str]:

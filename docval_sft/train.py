@@ -25,16 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import checkpoints
 from .errors import DocvalError
-from .files import write_json_atomic, write_model_info
-from .presets import Preset, coerce_fields, get_preset
+from .files import LOCK_FILE, RunLock, write_json_atomic, write_model_info
+from .presets import Preset, check_preset, coerce_fields, get_preset
 
 CONFIG_FILE = "training_config.json"
 LOG_FILE = "training.log"
 FINAL_DIR = "final"
 SKIPPED_FILE = "skipped.jsonl"
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # report_to name -> module that must be importable
-_ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, FINAL_DIR + ".partial", SKIPPED_FILE, "runs")
+_ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, FINAL_DIR + ".partial", SKIPPED_FILE, "runs", "README.md")
+# What a start writes before the first checkpoint: a folder holding only these never trained a step worth keeping,
+# so `train` may start it again without --overwrite (a failed start must not block the rerun).
+_START_ARTIFACTS = (CONFIG_FILE, LOG_FILE, SKIPPED_FILE, "runs", LOCK_FILE, CONFIG_FILE + ".tmp")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -85,11 +89,13 @@ def resolve_run(
 ) -> RunConfig:
     """Preset < YAML file < flags. ``overrides`` are preset fields, ``run_values`` data/output locations."""
     yaml_values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
-    yaml_preset = yaml_values.pop("preset", None)
+    # `name` is what `presets show NAME --yaml` prints first: it selects the preset, like `preset`.
+    yaml_preset = yaml_values.pop("preset", None) or yaml_values.pop("name", None)
+    yaml_values.pop("name", None)
     name = preset_name or yaml_preset or "a100"
     yaml_run = {k: yaml_values.pop(k) for k in list(yaml_values) if k in RUN_FIELDS}
-    preset = get_preset(name).with_overrides(yaml_values, source=str(config_file))
-    preset = preset.with_overrides(overrides or {}, source="command line")
+    preset = get_preset(name).with_overrides(yaml_values, source=str(config_file), preset=name)
+    preset = preset.with_overrides(overrides or {}, source="command line", preset=name)
     values = {**yaml_run, **{k: v for k, v in (run_values or {}).items() if v is not None}}
     for required in ("train_data", "image_dir", "output_dir"):
         if not values.get(required):
@@ -117,8 +123,12 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise DocvalError(f"{path}: expected a mapping of preset fields, got {type(data).__name__}")
-    if "preset" in data and not isinstance(data["preset"], str):
-        raise DocvalError(f"{path}: key 'preset': expected a preset name, got {data['preset']!r}")
+    for key in ("preset", "name"):
+        if key in data and not isinstance(data[key], str):
+            raise DocvalError(f"{path}: key '{key}': expected a preset name, got {data[key]!r}")
+    if isinstance(data.get("preset"), str) and isinstance(data.get("name"), str) and data["preset"] != data["name"]:
+        raise DocvalError(f"{path}: keys 'preset' ({data['preset']}) and 'name' ({data['name']}) name different "
+                          "presets; keep one")
     for key, kind in _RUN_FIELD_TYPES.items():
         if key in data and data[key] is not None and not isinstance(data[key], kind):
             raise DocvalError(f"{path}: key '{key}': expected {_KIND_NAMES[kind]}, got {data[key]!r}")
@@ -126,8 +136,9 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         raise DocvalError(f"{path}: key 'report_to': expected a list of names, got {data['report_to']!r}")
     unknown = [k for k in data if k not in RUN_FIELDS and k != "preset" and k not in Preset.__dataclass_fields__]
     if unknown:
+        shown = data.get("preset") or data.get("name") or "a100"
         raise DocvalError(f"{path}: unknown key '{unknown[0]}'; keys are preset fields (see `docval-sft presets show "
-                          f"a100`) or {', '.join(sorted(RUN_FIELDS))}")
+                          f"{shown}`) or {', '.join(sorted(RUN_FIELDS))}")
     return dict(data)
 
 
@@ -179,7 +190,9 @@ def _read_text(path: Path) -> str:
 
 def run_from_saved(saved: dict[str, Any], output_dir: Path) -> RunConfig:
     run = saved["run"]
-    preset = Preset(**coerce_fields(saved["preset"], source=str(output_dir / CONFIG_FILE)))
+    source = str(output_dir / CONFIG_FILE)
+    preset = Preset(**coerce_fields(saved["preset"], source=source))
+    check_preset(preset, source=source)
     return RunConfig(
         preset=preset, train_data=Path(run["train_data"]), image_dir=Path(run["image_dir"]), output_dir=output_dir,
         val_data=Path(run["val_data"]) if run.get("val_data") else None, strict=run.get("strict", False),
@@ -189,11 +202,8 @@ def run_from_saved(saved: dict[str, Any], output_dir: Path) -> RunConfig:
 
 
 def latest_checkpoint(output_dir: Path) -> Path:
-    steps = sorted((int(m.group(1)), p) for p in output_dir.glob("checkpoint-*")
-                   if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
-    if not steps:
-        raise DocvalError(f"{output_dir} has no checkpoint-N folder to resume from")
-    return steps[-1][1]
+    """The newest complete checkpoint of a run (see checkpoints.py)."""
+    return checkpoints.latest(output_dir).latest  # type: ignore[return-value]
 
 
 def check_resume_conflicts(saved: RunConfig, overrides: dict[str, Any], run_values: dict[str, Any]) -> None:
@@ -215,45 +225,113 @@ def check_resume_conflicts(saved: RunConfig, overrides: dict[str, Any], run_valu
                               "a resume continues the saved run unchanged")
 
 
+@dataclass
+class Resume:
+    """What a resume starts from: the checkpoint, the newer ones skipped (with the reason) and whether training
+    had already ended there (then only final/ is written)."""
+
+    checkpoint: Path
+    skipped: list[tuple[Path, str]]
+    finished: bool
+
+    def notes(self) -> list[str]:
+        return [f"skipped {path.name}: {why}" for path, why in self.skipped]
+
+
 def resume_run(target: Path, overrides: dict[str, Any] | None = None,
-               run_values: dict[str, Any] | None = None) -> tuple[RunConfig, Path]:
-    """``target`` is a run directory (latest checkpoint) or a checkpoint-N folder inside one."""
+               run_values: dict[str, Any] | None = None) -> tuple[RunConfig, Resume]:
+    """``target`` is a run directory (its newest complete checkpoint) or a checkpoint-N folder inside one."""
     if not target.exists():
         raise DocvalError(f"{target}: no such run directory or checkpoint")
-    if _CHECKPOINT.match(target.name):
-        if not (target / "trainer_state.json").is_file():
-            raise DocvalError(f"{target}: not a complete checkpoint (no trainer_state.json)")
-        checkpoint, output_dir = target, target.parent
+    if checkpoints.step_of(target) is not None:
+        output_dir = target.parent
+        saved = run_from_saved(read_run_config(output_dir), output_dir)  # the run directory first
+        if (why := checkpoints.problem(target)) is not None:
+            older = checkpoints.scan(output_dir).latest
+            hint = f"; the newest complete one is {older}" if older else ""
+            raise DocvalError(f"{target}: not a complete checkpoint ({why}){hint}")
+        found = checkpoints.Scan(target)
     else:
         output_dir = target
-        checkpoint = latest_checkpoint(output_dir)
-    saved = run_from_saved(read_run_config(output_dir), output_dir)
+        saved = run_from_saved(read_run_config(output_dir), output_dir)
+        found = checkpoints.scan(output_dir)
+        if found.latest is None:
+            detail = f" ({'; '.join(found.notes())})" if found.skipped else ""
+            raise DocvalError(f"{output_dir} has no complete checkpoint to resume from{detail}: the run never saved "
+                              "one, so start it again with the same `docval-sft train` command (the folder is reused)")
+    if (output_dir / FINAL_DIR).is_dir():
+        raise DocvalError(f"{output_dir} is a finished run ({output_dir / FINAL_DIR} exists): nothing to resume; "
+                          "train a new run in another --output-dir to train further")
     check_resume_conflicts(saved, overrides or {}, run_values or {})
-    return saved, checkpoint
+    assert found.latest is not None
+    return saved, Resume(found.latest, found.skipped, checkpoints.finished(found.latest))
 
 
 # ---------------------------------------------------------------- the run
 
 
+def restartable(output_dir: Path) -> bool:
+    """The folder holds only what a start writes before its first checkpoint (or nothing): no trained state."""
+    return output_dir.is_dir() and all(
+        child.name in _START_ARTIFACTS or child.name.startswith(checkpoints.INCOMPLETE_PREFIX)
+        or (checkpoints.step_of(child) is not None and checkpoints.problem(child) is not None)
+        for child in output_dir.iterdir())
+
+
 def check_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse an output dir that is a file, or a non-empty one without --resume/--overwrite. Writes nothing."""
+    """Refuse an output dir that is a file, not writable, or holding a run without --resume/--overwrite.
+    Writes nothing."""
     if output_dir.exists() and not output_dir.is_dir():
         raise DocvalError(f"--output-dir {output_dir} is a file; choose a directory")
     blocker = next((p for p in output_dir.absolute().parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise DocvalError(f"--output-dir {output_dir}: {blocker} is a file, not a directory")
-    if not (resume or overwrite) and output_dir.is_dir() and any(output_dir.iterdir()):
+    if not (resume or overwrite) and output_dir.is_dir() and not restartable(output_dir):
         raise DocvalError(f"--output-dir {output_dir} is not empty; pass --resume to continue the run in it, "
                           "--overwrite to replace it, or choose another directory")
+    check_writable(output_dir)
+
+
+def check_writable(directory: Path) -> None:
+    """Can files be created where the run will write (its nearest existing folder)? Checked with an unnamed
+    temporary file, so nothing appears; a read-only or full mount is found before minutes of data checks."""
+    import tempfile
+
+    probe = directory.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise DocvalError(f"--output-dir {directory}: cannot write in {probe} ({exc.strerror or exc}); choose a "
+                          "writable directory") from None
 
 
 def make_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Create the output dir; with --overwrite, first remove a previous run's artefacts (and only those)."""
-    if overwrite and not resume and output_dir.is_dir():
+    """Create the output dir; with --overwrite (or a folder whose start failed), first remove a previous run's
+    artefacts (and only those)."""
+    if not resume and output_dir.is_dir() and (overwrite or restartable(output_dir)):
         for child in output_dir.iterdir():
-            if child.name in _ARTIFACTS or _CHECKPOINT.match(child.name):
+            if child.name in _ARTIFACTS or child.name == CONFIG_FILE + ".tmp" or checkpoints.step_of(child) is not None \
+                    or child.name.startswith(checkpoints.INCOMPLETE_PREFIX):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def check_model_options(preset: Preset) -> None:
+    """Packages the preset's attention kernel needs, checked before anything is written (transformers would
+    only fail at model load, after the run directory exists)."""
+    import importlib.util
+
+    needs = {"flash_attention_2": ("flash_attn", "pip install flash-attn --no-build-isolation"),
+             "flash_attention_3": ("flash_attn_interface", "install FlashAttention 3 (hopper/ in flash-attention)")}
+    kernel = preset.attn_implementation
+    if "/" in kernel:
+        needs[kernel] = ("kernels", "pip install kernels")
+    if kernel in needs and importlib.util.find_spec(needs[kernel][0]) is None:
+        raise DocvalError(f"attn_implementation {kernel!r} needs the {needs[kernel][0]} package ({needs[kernel][1]}); "
+                          "or use --attn-implementation sdpa")
 
 
 def check_reporters(report_to: tuple[str, ...]) -> None:
@@ -357,6 +435,20 @@ class Interrupted(DocvalError):
                          f"{output_dir / f'checkpoint-{step}'}; continue with: docval-sft resume {output_dir}")
 
 
+class Aborted(DocvalError):
+    """A second signal stopped training at once, possibly mid-save; says where a resume would start."""
+
+    def __init__(self, signum: int, output_dir: Path, step: int | None) -> None:
+        import signal
+
+        what = f"a second {signal.Signals(signum).name}" if signum else "an interrupt"
+        self.exit_code = 128 + signum if signum else 130
+        found = checkpoints.scan(output_dir).latest if output_dir.is_dir() else None
+        where = (f"the newest complete checkpoint is {found}; continue with: docval-sft resume {output_dir}"
+                 if found else "no complete checkpoint was saved yet; start the run again with the same command")
+        super().__init__(f"aborted by {what} at step {step}: {where}")
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -366,16 +458,16 @@ class TrainResult:
     main_process: bool = True
 
 
-def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = False,
+def train(run: RunConfig, *, resume_from: Path | Resume | None = None, overwrite: bool = False,
           show_progress: bool = True) -> TrainResult:
     """Run (or resume) training end to end and return where the result is."""
     from accelerate import PartialState
 
-    from .build import build_sft_config, build_trainer, load_model, load_processor, quiet_libraries, step_plan
-    from .callbacks import InterruptCallback, RichProgressCallback, TrainingLogCallback
-    from .convert import to_dataset
+    from .build import build_sft_config, load_processor, quiet_libraries, step_plan
     from .validate import write_skipped
 
+    if isinstance(resume_from, Path):
+        resume_from = Resume(resume_from, [], checkpoints.finished(resume_from))
     quiet_libraries()
     # One process, or this rank of a torchrun/accelerate launch (on CPU, gloo needs cpu=True to see the others).
     state = PartialState(cpu=run.preset.use_cpu)
@@ -388,22 +480,45 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     out = run.output_dir
     resume = resume_from is not None
     # Everything that can fail on the user's input is checked before the first write, so a failed start leaves
-    # no output that looks like a run.
+    # nothing that looks like a run (and nothing that blocks the same command again).
     check_output_dir(out, resume=resume, overwrite=overwrite)
+    check_model_options(run.preset)
     processor = load_processor(run.preset)
     data = _on_main_then_shared(state, lambda: prepare_data(run, processor, show_progress=show_progress))
     plan = step_plan(run.preset, len(data.train.records))
     # transformers checks its arguments (bf16 support, strategies) when the config is built: do it before writing
     build_sft_config(run.preset, str(out), has_eval=data.val is not None, report_to=list(run.report_to))
-    state.wait_for_everyone()  # every rank checked the directory before rank 0 changes it
-    if main:
+    lock = RunLock(out, "training run")
+
+    def set_up() -> None:
+        """On the main process: take the directory, re-check it under the lock (a run may have started meanwhile),
+        then write the run's first files. Its DocvalError reaches every rank (none waits forever)."""
+        lock.__enter__()
+        check_output_dir(out, resume=resume, overwrite=overwrite)
         make_output_dir(out, resume=resume, overwrite=overwrite)
+        if resume_from is not None and resume_from.skipped:
+            checkpoints.set_aside([path for path, _ in resume_from.skipped if path.is_dir()])
         if data.skipped:
             write_skipped(data.report.splits, out / SKIPPED_FILE)
         if not resume:
             write_json_atomic(out / CONFIG_FILE, config_document(run, data, plan))
-    state.wait_for_everyone()
 
+    try:
+        _on_main_then_shared(state, set_up)
+        return _run(run, resume_from, data, plan, processor, state, show_progress)
+    finally:
+        lock.__exit__()
+
+
+def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: Any, processor: Any, state: Any,
+         show_progress: bool) -> TrainResult:
+    """Build the trainer on the locked, prepared directory, train (or only finish a run that had ended), save final/."""
+    from .build import SaveFailed, build_trainer, load_model, save_failure
+    from .callbacks import InterruptCallback, RichProgressCallback, TrainingLogCallback
+    from .convert import to_dataset
+
+    out = run.output_dir
+    main = state.is_main_process
     fmt = run.preset.bbox_format
 
     def dataset(split: Any) -> Any:
@@ -415,8 +530,10 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
     model = load_model(run.preset)
     interrupt = InterruptCallback()
     echo = (lambda line: print(line, flush=True)) if main and not show_progress else None
-    callbacks = [TrainingLogCallback(out / LOG_FILE, echo=echo),
-                 RichProgressCallback(plan.samples_per_step, enabled=show_progress), interrupt]
+    log = TrainingLogCallback(out / LOG_FILE, echo=echo)
+    if main and resume_from is not None:
+        for note in resume_from.notes():
+            log.note(note)
     generation_eval = None
     if data.val is not None and run.preset.eval_generate > 0:
         from .evaluate import GenerationEval
@@ -424,29 +541,68 @@ def train(run: RunConfig, *, resume_from: Path | None = None, overwrite: bool = 
         n = run.preset.eval_generate
         generation_eval = GenerationEval(processor, data.val.records[:n], data.val.image_paths[:n], fmt,
                                          run.preset.generation_max_new_tokens, run.preset.per_device_eval_batch_size)
-    trainer = build_trainer(run.preset, model, processor, train_ds, eval_ds, str(out),
-                            report_to=list(run.report_to), callbacks=callbacks, generation_eval=generation_eval)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer = build_trainer(run.preset, model, processor, train_ds, eval_ds, str(out), report_to=list(run.report_to),
+                            callbacks=[log, RichProgressCallback(plan.samples_per_step, enabled=show_progress),
+                                       interrupt],
+                            generation_eval=generation_eval)
+    if resume_from is not None and resume_from.finished:
+        # Training had ended (max_steps or early stopping) and only final/ was missing: no extra step.
+        _restore_finished(trainer, resume_from.checkpoint, out)
+        if main:
+            log.note(f"training had finished at {resume_from.checkpoint.name}: writing final/ only")
+    else:
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_from.checkpoint) if resume_from else None)
+        except KeyboardInterrupt:
+            raise Aborted(interrupt.second or 0, out, trainer.state.global_step) from None
+        except SaveFailed as exc:
+            raise SaveFailed(f"{exc}; then continue with: docval-sft resume {out}") from exc
+        except DocvalError as exc:
+            if main:
+                log.note(f"stopped: {exc}")
+            raise
     if interrupt.received is not None:
         raise Interrupted(interrupt.received, out, interrupt.stopped_at)
     # final/ appears only complete: everything is written to final.partial/ (every rank takes part in saving a
     # sharded model), which the main process renames once the processor and model info are in.
     final, partial = out / FINAL_DIR, out / (FINAL_DIR + ".partial")
-    if main and partial.exists():
-        shutil.rmtree(partial)
-    state.wait_for_everyone()
-    trainer.save_model(str(partial))
-    if main:
-        processor.save_pretrained(str(partial))
-        write_model_info(partial, base_model=run.preset.model_name_or_path, bbox_format=fmt)
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
+    try:
+        if main and partial.exists():
+            shutil.rmtree(partial)
+        state.wait_for_everyone()
+        trainer.save_model(str(partial))
+        if main:
+            processor.save_pretrained(str(partial))
+            write_model_info(partial, base_model=run.preset.model_name_or_path, bbox_format=fmt)
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+    except KeyboardInterrupt:
+        raise Aborted(interrupt.second or 0, out, trainer.state.global_step) from None
+    except DocvalError:
+        raise
+    except Exception as exc:  # OSError, torch's RuntimeError, safetensors' SafetensorError: all mean "not written"
+        raise SaveFailed(save_failure(str(partial), exc) + f"; then write final/ with: docval-sft resume {out}") \
+            from exc
     state.wait_for_everyone()
     return TrainResult(out, final, trainer.state.global_step, list(trainer.state.log_history), main)
 
 
-def dry_run(run: RunConfig, *, show_progress: bool = False) -> dict[str, Any]:
+def _restore_finished(trainer: Any, checkpoint: Path, out: Path) -> None:
+    """Put the finished run's weights in the model as training would have left them: the best checkpoint when the
+    run keeps the best model (looked up by name in this run directory), else the last."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / checkpoints.TRAINER_STATE))
+    weights = checkpoint
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best and (out / Path(best).name).is_dir():
+        weights = out / Path(best).name
+    trainer._load_from_checkpoint(str(weights))
+
+
+def dry_run(run: RunConfig, *, show_progress: bool = False, resume: bool = False,
+            overwrite: bool = False) -> dict[str, Any]:
     """Everything ``train`` would do up to loading weights: resolved configs, data validation and the step plan.
 
     Token lengths are checked when the model's processor can be loaded (a local directory, the hub, or its
@@ -455,7 +611,13 @@ def dry_run(run: RunConfig, *, show_progress: bool = False) -> dict[str, Any]:
     from .build import build_lora_config, build_quantization_config, sft_config_kwargs, step_plan
 
     check_reporters(run.report_to)
+    check_model_options(run.preset)
     notes: list[str] = []
+    try:
+        check_output_dir(run.output_dir, resume=resume, overwrite=overwrite)
+    except DocvalError as exc:
+        notes.append(str(exc))
+    blocked = list(notes)
     processor = None
     try:
         from .build import load_processor
@@ -465,6 +627,7 @@ def dry_run(run: RunConfig, *, show_progress: bool = False) -> dict[str, Any]:
         notes.append(f"token lengths not checked: {exc}")
     report, problems = _validate(run, processor, show_progress)
     notes += problems
+    problems = blocked + problems
     usable = len(report.splits[0].records)
     if run.skip_bad and report.n_errors:
         notes.append(f"--skip-bad: {report.n_errors} record error(s) would be skipped")

@@ -119,14 +119,15 @@ def test_train_resume_flag_takes_a_checkpoint_like_the_guide(demo, tmp_path: Pat
     out = tmp_path / "run"
     assert runner.invoke(app, base_args(demo, out, "--max-steps", "2", "--save-steps", "1")).exit_code == 0
     shutil.rmtree(out / "checkpoint-2")
-    # the guide's form: only --resume; everything else comes from training_config.json
-    result = runner.invoke(app, ["train", "--resume", str(out / "checkpoint-1")])
-    assert result.exit_code == 0, result.output
-    assert (out / "checkpoint-2").is_dir() and (out / "final" / "adapter_model.safetensors").is_file()
+    shutil.rmtree(out / "final")  # as a run stopped after checkpoint-1 leaves it (a finished run is not resumed)
     clash = runner.invoke(app, ["train", "--resume", str(out / "checkpoint-1"), "--lora-r", "4"])
     assert clash.exit_code == 2 and "field 'lora_r': the run was started with 16" in clash.output
     missing = runner.invoke(app, ["train", "--resume", str(out / "checkpoint-99")])
     assert missing.exit_code == 2 and "checkpoint-99: no such run directory or checkpoint" in missing.output
+    # the guide's form: only --resume; everything else comes from training_config.json
+    result = runner.invoke(app, ["train", "--resume", str(out / "checkpoint-1")])
+    assert result.exit_code == 0, result.output
+    assert (out / "checkpoint-2").is_dir() and (out / "final" / "adapter_model.safetensors").is_file()
 
 
 def test_8bit_preset_trains_on_cpu(demo, tmp_path: Path, int8_on_cpu: list[str]) -> None:
