@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .convert import pixel_mentions
 from .errors import Issue, IssueList
 from .files import write_text_atomic
 from .format import BboxFormat
-from .convert import pixel_mentions
 from .images import ImageInfo, ImageProblem, check_image_dir, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter, percentiles
 from .records import DEFAULT_MAX_FIELD_CHARS, LoadResult, PhaseARecord, check_box_in_image, load_records

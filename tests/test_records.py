@@ -253,3 +253,17 @@ def test_over_long_image_id_is_shortened_in_messages(tmp_path: Path) -> None:
     result = load_records(write(tmp_path, [{**GOOD, "image_id": "cord_" + "9" * 500}]), max_field_chars=100)
     (issue,) = result.errors
     assert issue.field == "image_id" and len(str(issue)) < 400 and "[image_id=cord_999" in str(issue)
+
+
+def test_evaluate_groups_per_dataset_by_the_dataset_field(tmp_path: Path) -> None:
+    """evaluate's per-dataset metrics use the same key: a custom set is its own group, even with cord_ ids."""
+    from docval_sft.evaluate import score, summary_document
+    from docval_sft.format import render_target
+
+    rows = [GOOD, {**GOOD, "image_id": "cord_inv1", "dataset": "MyInvoices"},
+            {**GOOD, "image_id": "cord_inv2", "dataset": "MyInvoices", "question": "Which total?"}]
+    records = load_records(write(tmp_path, rows)).records
+    scored = [score(r, render_target(r.cot_steps, r.answer_pred, r.bbox_pred), "pixel", (1000, 1000), 0.1)
+              for r in records]
+    summary = summary_document(scored, seconds=None, info={})
+    assert {k: v["total_examples"] for k, v in summary["per_dataset"].items()} == {"cord": 1, "myinvoices": 2}
