@@ -93,9 +93,11 @@ def validate_data_cmd(
     allow_absolute_paths: AllowAbs = False,
     bbox_format: Annotated[str, typer.Option("--bbox-format", help="Box format of the target whose tokens are counted: pixel or norm1000.")] = "pixel",
     workers: Annotated[int, typer.Option("--workers", min=0, help="Processes decoding images and counting tokens (0: this one).")] = 0,
+    max_field_chars: Annotated[Optional[int], typer.Option("--max-field-chars", min=1, help="Longest text field in characters; longer is a record error, never tokenised (default 100000).")] = None,
     as_json: JsonOut = False,
 ) -> None:
     """Validate Phase A records and their images; with --model, count tokens per record against --max-length."""
+    from .records import DEFAULT_MAX_FIELD_CHARS
     from .validate import validate_data
 
     if max_length is not None and model is None:
@@ -108,6 +110,7 @@ def validate_data_cmd(
         train_data, image_dir, val_data=val_data, processor=processor, max_length=max_length, strict=strict,
         skip_bad=skip_bad, skipped_file=skipped_out, allow_absolute_paths=allow_absolute_paths,
         show_progress=console.is_terminal, bbox_format=_bbox_format(bbox_format), workers=workers,
+        max_field_chars=max_field_chars or DEFAULT_MAX_FIELD_CHARS,
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))

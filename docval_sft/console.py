@@ -86,8 +86,12 @@ def print_preview(preview: Any, png: Any, console: Console) -> None:
     fits = "" if preview.fits else "  [red]TOO LONG: this record would be rejected[/red]"
     console.print(f"tokens: prompt {c.prompt} (image {c.image}) + target {c.target} = total {c.total} {limit}{fits}")
     check = "[green]OK[/green]" if preview.labels_ok else "[red]MISMATCH[/red]"
-    console.print(f"labels == target + {preview.end_of_turn_text!r}: {check}; box ({preview.bbox_format}) "
-                  f"{list(r.bbox_pred)}" + (f"; image with boxes: {png}" if png else ""), highlight=False)
+    # The record's box is always pixels; the target's is in bbox_format's frame: never label one as the other.
+    box = f"teacher box (pixels) {list(r.bbox_pred)}"
+    if preview.bbox_format != "pixel":
+        box += f", in the target ({preview.bbox_format}) {preview.target_bbox}"
+    console.print(f"labels == target + {preview.end_of_turn_text!r}: {check}; {box}"
+                  + (f"; image with boxes: {png}" if png else ""), highlight=False)
 
 
 def print_sample(result: Any, png: Any, console: Console) -> None:

@@ -9,10 +9,23 @@ One row per record::
 With this format TRL's ``SFTTrainer`` computes the loss on the completion only and its chat template closes the
 completion with the end-of-turn token, so the student learns to stop. The prompt is exactly the one Phase B2 and
 Phase C build (image, then question, no system prompt); changing it would be a train/test mismatch.
+
+**norm1000 targets use one coordinate frame.** With ``bbox_format="norm1000"`` the BBOX line is in 0-1000
+units, and so is every *box literal in the steps that denotes the teacher box*: a ``[a, b, c, d]`` or
+``(a, b, c, d)`` group of exactly four numbers (optional spaces after the commas) whose values equal
+``bbox_pred`` in order, in any number formatting (``93``, ``93.0``, ``93.00`` all equal 93). It is rewritten
+with the BBOX line's numbers, keeping its brackets (Step 7's "located at [93.0, 109.0, 183.0, 121.0]" becomes
+"located at [297, 191, 585, 212]"). Nothing else in a step is changed, because nothing else can be converted
+with certainty: other coordinate mentions (``pixel_mentions``: a four-number box literal that is not the teacher
+box, a two-number point literal ``(x, y)``, an axis value ``x=93`` / ``y1 = 109``) stay as written and
+``validate-data`` reports each such record once (warning ``pixel_coordinates``, counted in ``issue_counts``).
+Answers are never touched. Parsing is unaffected: ``sample``/``evaluate`` read the box from the BBOX line only.
+The ``pixel`` target is byte-identical to the original.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,18 +42,55 @@ def build_prompt(question: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
+_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+# [a, b, c, d] or (a, b, c, d): a box literal (brackets must match, checked in code)
+_BOX_LITERAL = re.compile(rf"([\[(])\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*([\])])")
+_POINT_LITERAL = re.compile(rf"([\[(])\s*({_NUM})\s*,\s*({_NUM})\s*([\])])")
+_AXIS_VALUE = re.compile(rf"(?<![A-Za-z0-9_])[xy][12]?\s*=\s*{_NUM}")
+_CLOSE = {"[": "]", "(": ")"}
+
+
+def _is_teacher_box(m: re.Match[str], box: Sequence[float]) -> bool:
+    return _CLOSE[m.group(1)] == m.group(6) and all(float(m.group(i + 2)) == float(v) for i, v in enumerate(box))
+
+
+def convert_teacher_box(step: str, box: Sequence[float], new_box: Sequence[int]) -> str:
+    """``step`` with every literal of the teacher ``box`` written as ``new_box`` (see the module docstring)."""
+    new = ", ".join(str(int(v)) for v in new_box)
+    return _BOX_LITERAL.sub(lambda m: f"{m.group(1)}{new}{m.group(6)}" if _is_teacher_box(m, box) else m.group(0),
+                            step)
+
+
+def pixel_mentions(steps: Sequence[str], box: Sequence[float]) -> list[tuple[int, str]]:
+    """(step number, text) of every coordinate mention a norm1000 target cannot convert: box literals other than
+    the teacher box, point literals and axis values (see the module docstring)."""
+    found: list[tuple[int, str]] = []
+    for number, step in enumerate(steps, start=1):
+        spans: list[tuple[int, str]] = []
+        boxes = list(_BOX_LITERAL.finditer(step))
+        spans += [(m.start(), m.group(0)) for m in boxes if not _is_teacher_box(m, box)]
+        inside = [(m.start(), m.end()) for m in boxes]  # a point literal is never part of a box literal
+        spans += [(m.start(), m.group(0)) for m in _POINT_LITERAL.finditer(step)
+                  if _CLOSE[m.group(1)] == m.group(4) and not any(a <= m.start() < b for a, b in inside)]
+        spans += [(m.start(), m.group(0)) for m in _AXIS_VALUE.finditer(step)]
+        found += [(number, text) for _, text in sorted(spans)]
+    return found
+
+
 def record_target(record: PhaseARecord, bbox_format: BboxFormat = "pixel",
                   image_size: tuple[int, int] | None = None) -> str:
     """The 7-step CoT target text of a record (byte layout of docval_format.md section 2).
 
-    ``norm1000`` writes the box as 0-1000 integers relative to ``image_size`` (width, height).
+    ``norm1000`` writes the box as 0-1000 integers relative to ``image_size`` (width, height), in the BBOX line
+    and in every step literal of the teacher box (module docstring).
     """
-    box: Sequence[float] = record.bbox_pred
     if bbox_format == "norm1000":
         if image_size is None:
             raise ValueError("bbox_format='norm1000' needs the image size")
-        box = to_norm1000(box, *image_size)
-    return render_target(record.cot_steps, record.answer_pred, box)
+        box = to_norm1000(record.bbox_pred, *image_size)
+        steps = [convert_teacher_box(step, record.bbox_pred, box) for step in record.cot_steps]
+        return render_target(steps, record.answer_pred, box)
+    return render_target(record.cot_steps, record.answer_pred, record.bbox_pred)
 
 
 def to_example(record: PhaseARecord, image: Any, bbox_format: BboxFormat = "pixel",

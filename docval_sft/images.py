@@ -2,13 +2,24 @@
 
 Images are never substituted: a missing, unreadable or truncated image is an error that names the record and
 every path tried (the original trainers trained on a blank white image, or silently dropped SROIE).
-Paths stay inside the image root (or the data file's folder for record-local relative paths); an absolute
-record-local path needs ``allow_absolute_paths``.
+
+Where: the record's dataset key (``PhaseARecord.prefix``: the ``dataset`` field, else the image_id prefix)
+picks the released folders (``CORD/``, ``DocVQA/images/``, the three SROIE places, ...); then
+``<root>/<dataset>/<file>`` (a custom set: ``dataset: MyInvoices`` -> ``ROOT/MyInvoices/inv1.png``),
+``<root>/<file>`` and ``<root>/<dataset>/images/<file>``. ``<dataset>`` is the released folder name for the
+released sets, else the ``dataset`` field as written (folder names are case-sensitive).
+
+Safety: paths stay inside the image root (or the data file's folder for record-local relative paths), a
+lexical check so that a dataset folder symlinked in from another disk still works; an absolute record-local
+path needs ``allow_absolute_paths``. Whatever a path resolves to (through any symlink) must be a regular file
+outside the system trees (``/proc``, ``/sys``, ``/dev`` except the ``/dev/shm`` RAM disk, ``/etc``, ``/boot``):
+never a device such as ``/dev/zero``, a FIFO (which would block the reader) or a directory.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +28,11 @@ from PIL import Image
 
 from .errors import DocvalError
 from .records import DATASETS, PhaseARecord
+
+# Files of the running system, never document images: a path (or symlink) into them is refused. Not /run
+# (removable drives mount under /run/media) nor /dev/shm (a RAM disk people copy datasets to).
+SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/etc", "/boot")
+ALLOWED_UNDER_SYSTEM_DIRS = ("/dev/shm",)
 
 # Folder(s) under the image root for each image_id prefix, in the order they are tried.
 DATASET_DIRS: dict[str, tuple[str, ...]] = {
@@ -64,10 +80,13 @@ def candidate_paths(record: PhaseARecord, image_root: Path, data_dir: Path,
         if not _inside(data_dir / local, data_dir):
             raise ImageProblem("path_escape", f"image path {local} leaves the data file's folder {data_dir}")
         return [data_dir / local]
-    prefix = record.prefix
-    dirs = list(DATASET_DIRS.get(prefix, ()))
-    name = DATASETS.get(prefix, record.dataset or "")  # for the generic <root>/<DATASET>/images/<file> place
-    places = [image_root / d / record.image_file for d in dirs] + [image_root / record.image_file]
+    key = record.prefix
+    dirs = list(DATASET_DIRS.get(key, ()))
+    name = DATASETS.get(key, record.dataset or "")  # the dataset's folder: <root>/<name>/ and <root>/<name>/images/
+    places = [image_root / d / record.image_file for d in dirs]
+    if name:
+        places.append(image_root / name / record.image_file)
+    places.append(image_root / record.image_file)
     if name:
         places.append(image_root / name / "images" / record.image_file)
     unique = list(dict.fromkeys(places))
@@ -77,15 +96,55 @@ def candidate_paths(record: PhaseARecord, image_root: Path, data_dir: Path,
     return unique
 
 
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_target(path: Path) -> None:
+    """ImageProblem unless ``path`` (through any symlinks) is a regular file outside the system trees."""
+    real = Path(os.path.realpath(path))
+    via = f" (a symlink to {real})" if real != Path(os.path.abspath(path)) else ""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks; never opens (a FIFO would block)
+    except OSError as exc:
+        raise ImageProblem("missing_image", f"image path {path}{via} cannot be read "
+                                            f"({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(mode):
+        raise ImageProblem("not_a_regular_file", f"image path {path}{via} is {_kind(mode)}; an image must be a "
+                                                 "regular file")
+    system = next((d for d in SYSTEM_DIRS if real.is_relative_to(d)), None)
+    if system is not None and not any(real.is_relative_to(d) for d in ALLOWED_UNDER_SYSTEM_DIRS):
+        raise ImageProblem("system_path", f"image path {path}{via} is a system file under {system}, not a "
+                                          "document image; link or copy the real image instead")
+
+
 def resolve_image(record: PhaseARecord, image_root: Path, data_dir: Path,
                   *, allow_absolute_paths: bool = False) -> Path:
-    """The first existing candidate path; ImageProblem listing every path tried if none exists."""
+    """The first candidate path that exists (a symlink counts, even a broken one), checked by ``check_target``;
+    ImageProblem listing every path tried if none exists."""
     tried = candidate_paths(record, image_root, data_dir, allow_absolute_paths=allow_absolute_paths)
     for path in tried:
-        if path.is_file():
+        if os.path.lexists(path):
+            check_target(path)
             return path
     listed = ", ".join(str(p) for p in tried)
     raise ImageProblem("missing_image", f"image {record.image_file!r} not found; tried: {listed}")
+
+
+def check_image_dir(image_root: Path, records: list[PhaseARecord], data_file: Path) -> None:
+    """One DocvalError for an image root that cannot hold any image, instead of one "not found" per record.
+    Only when a record looks its image up there: records that all carry their own ``image``/``image_path``
+    need no image root at all."""
+    users = sum(1 for r in records if r.image_path is None)
+    if not users or image_root.is_dir():
+        return
+    what = "is not a directory" if image_root.exists() else "does not exist"
+    raise DocvalError(f"--image-dir {image_root} {what}, but {users} record(s) of {data_file} look up their image "
+                      "under it; give the folder that holds CORD/, DocVQA/images/, ... (or your dataset folders)")
 
 
 # 16-bit and float modes: PIL's RGB conversion (which the processors use) clips them to mostly white.

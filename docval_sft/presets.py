@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from .errors import DocvalError
+from .records import DEFAULT_MAX_FIELD_CHARS
 
 GEMMA3_12B = "google/gemma-3-12b-it"
 DEMO_MODEL_DIR = "demo-out/tiny-gemma3"
@@ -76,6 +77,9 @@ class Preset:
     bbox_format: Literal["pixel", "norm1000"] = _f(
         "pixel", "Box coordinates in the target: pixel (byte-compatible with the original) or norm1000 "
                  "(0-1000 integers relative to the image size, learnable at any resolution).")
+    # Checked before tokenising: one absurd record (a 100 MB question took 24 GB to count) is one record error.
+    max_field_chars: int = _f(DEFAULT_MAX_FIELD_CHARS, "Longest text field (question, each step, answer) in "
+                                                       "characters; longer is a record error, never tokenised.")
     seed: int = _f(42, "Seed for adapter init, data order and dropout.")
     use_cpu: bool = _f(False, "Train on the CPU even if a GPU is present.")
     dataloader_num_workers: int = _f(0, "Worker processes decoding images and building batches while the model "

@@ -13,10 +13,10 @@ from typing import Any
 
 from .convert import record_target
 from .errors import DocvalError
-from .format import BboxFormat
+from .format import BboxFormat, to_norm1000
 from .images import ImageProblem, check_image, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter
-from .records import PhaseARecord, load_records
+from .records import PhaseARecord, check_box_in_image, load_records
 
 
 def select_record(data_file: Path, image_dir: Path, *, index: int | None = None, image_id: str | None = None,
@@ -39,9 +39,12 @@ def select_record(data_file: Path, image_dir: Path, *, index: int | None = None,
         record = found[0]
     try:
         path = resolve_image(record, image_dir, data_file.parent, allow_absolute_paths=allow_absolute_paths)
-        check_image(path)
+        info = check_image(path)
     except ImageProblem as problem:
         raise DocvalError(f"{record.location}: {problem}") from None
+    for field_name, box in (("bbox_pred", record.bbox_pred), ("bbox_gt", record.bbox_gt)):
+        if box is not None and (why := check_box_in_image(box, info.width, info.height)) is not None:
+            raise DocvalError(f"{record.location}: field '{field_name}': {why}")
     return record, path
 
 
@@ -64,6 +67,7 @@ class Preview:
     counts: TokenCount
     max_length: int | None
     bbox_format: BboxFormat
+    target_bbox: list[float]  # the box as the target writes it, in bbox_format's frame (record.bbox_pred: pixels)
 
     @property
     def fits(self) -> bool:
@@ -79,7 +83,8 @@ class Preview:
             "n_prompt_tokens": self.counts.prompt, "n_image_tokens": self.counts.image,
             "n_target_tokens": self.counts.target, "n_total_tokens": self.counts.total,
             "max_length": self.max_length, "fits": self.fits, "bbox_format": self.bbox_format,
-            "bbox": list(r.bbox_pred), "bbox_gt": list(r.bbox_gt) if r.bbox_gt else None,
+            "bbox": list(r.bbox_pred), "bbox_gt": list(r.bbox_gt) if r.bbox_gt else None,  # pixels, always
+            "target_bbox": self.target_bbox,
         }
 
 
@@ -103,4 +108,6 @@ def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, ma
         target_text=target, labeled_text=labeled_text, end_of_turn_text=suffix,
         labels_ok=labeled_text.startswith(target) and any(suffix.strip() == t for t in stop_tokens),
         counts=count, max_length=max_length, bbox_format=bbox_format,
+        target_bbox=list(to_norm1000(record.bbox_pred, *image.size)) if bbox_format == "norm1000"
+        else list(record.bbox_pred),
     )

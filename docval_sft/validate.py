@@ -2,8 +2,15 @@
 
 ``prepare_split`` is what both ``validate-data`` and ``train`` run, so a file that validates is a file that
 trains. Each image is decoded once (also when several records ask about it), checked, its tokens counted, then
-released: memory does not grow with the number of images. With ``skip_bad`` record-level errors drop the record and are written to a
-``skipped.jsonl`` report instead of failing the run; nothing is ever replaced or silently dropped.
+released: memory does not grow with the number of images. With ``skip_bad`` record-level errors drop the record
+and are written to a ``skipped.jsonl`` report instead of failing the run; nothing is ever replaced or silently
+dropped.
+
+An image root that does not exist (or is a file) is one error before any record is checked, not one "not
+found" per record; it is not needed (nor checked) when every usable record carries its own ``image``/
+``image_path``. Once its image is decoded, a record whose box lies far outside the image
+(``records.check_box_in_image``) is an error. With ``bbox_format="norm1000"`` a record whose steps mention
+pixel coordinates the target cannot convert gets one ``pixel_coordinates`` warning (see ``convert.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .convert import pixel_mentions
 from .errors import Issue, IssueList
 from .files import write_text_atomic
 from .format import BboxFormat
-from .images import ImageInfo, ImageProblem, open_image, resolve_image
+from .images import ImageInfo, ImageProblem, check_image_dir, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter, percentiles
-from .records import LoadResult, PhaseARecord, load_records
+from .records import DEFAULT_MAX_FIELD_CHARS, LoadResult, PhaseARecord, check_box_in_image, load_records
 
 
 @dataclass
@@ -99,13 +107,21 @@ def prepare_split(
     limit: int | None = None,
     on_total: Callable[[int], None] | None = None,
     workers: int = 0,
+    bbox_format: BboxFormat = "pixel",
+    max_field_chars: int = DEFAULT_MAX_FIELD_CHARS,
+    skip_bad: bool = False,
 ) -> SplitData:
     """Load, validate and (with ``counter``) measure one file. Records with an error are not in ``records``.
     ``limit`` stops after that many usable records (the rest of the file is parsed, its images not opened).
-    ``workers`` > 0 decodes images and counts tokens in that many forked processes (same results, same order)."""
-    loaded: LoadResult = load_records(path, strict=strict)
+    ``workers`` > 0 decodes images and counts tokens in that many forked processes (same results, same order).
+    ``skip_bad`` only words the messages (a skipped record is not told to use --skip-bad)."""
+    loaded: LoadResult = load_records(path, strict=strict, max_field_chars=max_field_chars)
     split = SplitData(name, loaded.file, loaded.n_total, issues=list(loaded.issues))
     image_root, data_dir = Path(image_dir), loaded.file.parent
+    check_image_dir(image_root, loaded.records if limit is None else loaded.records[:limit], loaded.file)
+    if bbox_format == "norm1000":
+        for record in loaded.records:
+            _mentions_warning(split, record)
     if on_total:
         on_total(len(loaded.records) if limit is None else min(limit, len(loaded.records)))
     parallel = workers > 0 and limit is None and "fork" in multiprocessing.get_all_start_methods()
@@ -121,7 +137,8 @@ def prepare_split(
             if parallel:  # decoded and counted below, in the workers
                 found.append((record, image_path))
                 continue
-            _accept(split, record, image_path, _inspect(record, image_path, counter, last_page), max_length)
+            _accept(split, record, image_path, _inspect(record, image_path, counter, last_page), max_length,
+                    skip_bad)
         except ImageProblem as problem:
             if on_record and parallel:
                 on_record()
@@ -132,7 +149,7 @@ def prepare_split(
         if isinstance(outcome, ImageProblem):
             _image_issue(split, record, outcome)
         else:
-            _accept(split, record, image_path, outcome, max_length)
+            _accept(split, record, image_path, outcome, max_length, skip_bad)
     split.issues.sort(key=lambda issue: issue.location.index)  # file order (stable: a record's own order kept)
     return split
 
@@ -142,15 +159,32 @@ def _image_issue(split: SplitData, record: PhaseARecord, problem: ImageProblem) 
     split.issues.append(Issue(record.location, field_name, problem.code, str(problem)))
 
 
+def _mentions_warning(split: SplitData, record: PhaseARecord) -> None:
+    mentions = pixel_mentions(record.cot_steps, record.bbox_pred)
+    if not mentions:
+        return
+    shown = "; ".join(f"step {n}: {text!r}" for n, text in mentions[:3])
+    more = f" and {len(mentions) - 3} more" if len(mentions) > 3 else ""
+    split.issues.append(Issue(
+        record.location, "cot_steps", "pixel_coordinates",
+        f"mentions pixel coordinates the norm1000 target cannot convert ({shown}{more}); kept as written, so "
+        "the reasoning mixes pixel and 0-1000 numbers (only the teacher box literal is converted)", "warning"))
+
+
 def _accept(split: SplitData, record: PhaseARecord, image_path: Path,
-            inspected: tuple[ImageInfo, TokenCount | None], max_length: int | None) -> None:
+            inspected: tuple[ImageInfo, TokenCount | None], max_length: int | None, skip_bad: bool = False) -> None:
     info, count = inspected
+    for field_name, box in (("bbox_pred", record.bbox_pred), ("bbox_gt", record.bbox_gt)):
+        if box is not None and (why := check_box_in_image(box, info.width, info.height)) is not None:
+            split.issues.append(Issue(record.location, field_name, "bbox_outside_image", why))
+            return
     if count is not None and max_length is not None and count.total > max_length:
+        advice = "skipped; raise --max-length to keep it" if skip_bad else \
+            "raise --max-length or skip it with --skip-bad"
         split.issues.append(Issue(
             record.location, None, "too_long",
             f"{count.total} tokens (prompt {count.prompt} incl. {count.image} image tokens + target "
-            f"{count.target}) exceed max_length {max_length}; raise --max-length or skip it with --skip-bad "
-            "(records are never truncated)",
+            f"{count.target}) exceed max_length {max_length}; {advice} (records are never truncated)",
         ))
         return
     split.records.append(record)
@@ -245,9 +279,11 @@ def validate_data(
     show_progress: bool = False,
     bbox_format: BboxFormat = "pixel",
     workers: int = 0,
+    max_field_chars: int = DEFAULT_MAX_FIELD_CHARS,
 ) -> ValidationReport:
     """Validate the train (and val) files; with ``skip_bad``, errors are written to ``skipped_file``. ``workers``
-    processes decode the images and count the tokens (0: this process)."""
+    processes decode the images and count the tokens (0: this process). A text field longer than
+    ``max_field_chars`` is a record error before anything is tokenised (the preset field of that name)."""
     from rich.progress import Progress
 
     counter = TokenCounter(processor, bbox_format) if processor is not None else None
@@ -259,7 +295,8 @@ def validate_data(
             splits.append(prepare_split(
                 name, path, image_dir, counter=counter, max_length=max_length, strict=strict,
                 allow_absolute_paths=allow_absolute_paths, on_record=lambda t=task: progress.advance(t),
-                on_total=lambda n, t=task: progress.update(t, total=n), workers=workers,
+                on_total=lambda n, t=task: progress.update(t, total=n), workers=workers, bbox_format=bbox_format,
+                max_field_chars=max_field_chars, skip_bad=skip_bad,
             ))
     report = ValidationReport(splits, max_length, skip_bad)
     if skip_bad and report.n_errors and skipped_file is not None:

@@ -157,7 +157,7 @@ def test_record_local_relative_path(layout: tuple[Path, Path, Path], key: str) -
 def test_record_local_path_through_loader(layout: tuple[Path, Path, Path]) -> None:
     """End to end: prepare_split resolves a relative ``image_path`` against the folder of the file it loaded."""
     root, data_dir, data_file = layout
-    expected = png(data_dir / "imgs" / "page.png")
+    expected = png(data_dir / "imgs" / "page.png", size=(64, 48))  # holds BASE's box
     data_file.write_text(json.dumps([{**BASE, "image_id": "cord_1", "image_path": "imgs/page.png"}]), "utf-8")
     assert load_records(data_file).issues == []
     split = prepare_split("train", data_file, root)
@@ -221,13 +221,13 @@ def test_missing_record_local_image(layout: tuple[Path, Path, Path]) -> None:
 
 
 def test_directory_is_not_an_image(layout: tuple[Path, Path, Path]) -> None:
-    """A directory with the image's name is not taken for the image."""
+    """A directory with the image's name is never taken for the image: refused, naming what it is."""
     root, data_dir, data_file = layout
     (root / "CORD" / "receipt.png").mkdir(parents=True)
     rec = record(data_file, image_id="cord_1", image_file="receipt.png")
     with pytest.raises(ImageProblem) as info:
         resolve_image(rec, root, data_dir)
-    assert info.value.code == "missing_image"
+    assert info.value.code == "not_a_regular_file" and "is a directory" in str(info.value)
 
 
 # ------------------------------------------------------------------ check_image
@@ -306,3 +306,179 @@ def test_decompression_bomb_is_too_large(tmp_path: Path, monkeypatch: pytest.Mon
         check_image(path)
     assert info.value.code == "image_too_large"
     assert str(path) in str(info.value)
+
+
+# ------------------------------------------------------------------ custom datasets
+
+
+def test_custom_dataset_folder_resolves(layout: tuple[Path, Path, Path]) -> None:
+    """``dataset: MyInvoices`` finds ROOT/MyInvoices/inv1.png; its own folder is tried before the root."""
+    root, data_dir, data_file = layout
+    expected = png(root / "MyInvoices" / "inv1.png")
+    rec = record(data_file, image_id="inv1", image_file="inv1.png", dataset="MyInvoices")
+    assert candidate_paths(rec, root, data_dir) == [
+        root / "MyInvoices" / "inv1.png", root / "inv1.png", root / "MyInvoices" / "images" / "inv1.png"]
+    png(root / "inv1.png")  # a same-named image at the root does not win over the dataset's folder
+    assert resolve_image(rec, root, data_dir) == expected
+
+
+def test_dataset_field_wins_over_a_released_looking_prefix(layout: tuple[Path, Path, Path]) -> None:
+    """``cord_17`` in ``dataset: MyInvoices`` is looked up in MyInvoices/ (the field is the key, see records.py)."""
+    root, data_dir, data_file = layout
+    expected = png(root / "MyInvoices" / "cord_17.png")
+    rec = record(data_file, image_id="cord_17", image_file="cord_17.png", dataset="MyInvoices")
+    assert resolve_image(rec, root, data_dir) == expected
+
+
+def test_custom_dataset_counts_and_lookups_through_prepare_split(layout: tuple[Path, Path, Path]) -> None:
+    """validate-data's per-dataset counts group by the dataset field; the released lookups are unchanged."""
+    root, data_dir, data_file = layout
+    png(root / "MyInvoices" / "inv1.png", size=(64, 48))
+    png(root / "DocVQA" / "images" / "p1.png", size=(64, 48))
+    rows = [{**BASE, "image_id": "inv_1", "image_file": "inv1.png", "dataset": "MyInvoices"},
+            {**BASE, "image_id": "docvqa_p1", "image_file": "p1.png", "dataset": "DocVQA"},
+            {**BASE, "image_id": "docvqa_p1", "image_file": "p1.png", "question": "Which date?"}]
+    data_file.write_text(json.dumps(rows), "utf-8")
+    split = prepare_split("train", data_file, root)
+    assert split.errors == [] and split.summary()["per_dataset"] == {"docvqa": 2, "myinvoices": 1}
+    assert split.image_paths == [root / "MyInvoices" / "inv1.png"] + [root / "DocVQA" / "images" / "p1.png"] * 2
+
+
+# ------------------------------------------------------------------ the image root itself
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_unusable_image_dir_is_one_error(layout: tuple[Path, Path, Path], kind: str) -> None:
+    """A wrong --image-dir is one DocvalError before any record is checked, not one "not found" per record."""
+    from docval_sft.errors import DocvalError
+
+    root, data_dir, data_file = layout
+    bad_root = root / "nope"
+    if kind == "file":
+        bad_root.write_text("not a folder\n")
+    data_file.write_text(json.dumps([{**BASE, "image_id": f"cord_{i}", "image_file": f"{i}.png"}
+                                     for i in range(64)]), "utf-8")
+    with pytest.raises(DocvalError) as info:
+        prepare_split("train", data_file, bad_root)
+    what = "does not exist" if kind == "missing" else "is not a directory"
+    assert str(info.value).startswith(f"--image-dir {bad_root} {what}, but 64 record(s) of {data_file}")
+
+
+def test_image_dir_not_needed_when_records_carry_their_paths(layout: tuple[Path, Path, Path]) -> None:
+    """Records that all name their own image need no image root: a missing one is not an error."""
+    root, data_dir, data_file = layout
+    expected = png(data_dir / "imgs" / "page.png", size=(64, 48))
+    data_file.write_text(json.dumps([{**BASE, "image_id": "cord_1", "image_path": "imgs/page.png"}]), "utf-8")
+    split = prepare_split("train", data_file, root / "does-not-exist")
+    assert split.errors == [] and split.image_paths == [expected]
+
+
+# ------------------------------------------------------------------ what a path may resolve to
+
+
+def _linked(root: Path, target: str | Path, data_file: Path) -> PhaseARecord:
+    """A cord record whose image CORD/x.png is a symlink to ``target``."""
+    (root / "CORD").mkdir(parents=True, exist_ok=True)
+    (root / "CORD" / "x.png").symlink_to(target)
+    return record(data_file, image_id="cord_x", image_file="x.png")
+
+
+@pytest.mark.parametrize(
+    ("target", "code", "says"),
+    [("/dev/zero", "not_a_regular_file", "is a character device"),
+     ("/dev/null", "not_a_regular_file", "is a character device"),
+     ("/etc/hostname", "system_path", "is a system file under /etc"),
+     ("/proc/self/status", "system_path", "is a system file under /proc"),
+     ("/etc", "not_a_regular_file", "is a directory")],
+)
+def test_symlink_to_a_device_or_system_file_is_refused(layout: tuple[Path, Path, Path], target: str, code: str,
+                                                       says: str) -> None:
+    """A symlink inside the root may point anywhere on disk, but never to a device, a directory or a system file."""
+    root, data_dir, data_file = layout
+    if not Path(target).exists():
+        pytest.skip(f"{target} does not exist here")
+    rec = _linked(root, target, data_file)
+    with pytest.raises(ImageProblem) as info:
+        resolve_image(rec, root, data_dir)
+    assert info.value.code == code and says in str(info.value)
+    assert f"{root / 'CORD' / 'x.png'} (a symlink to " in str(info.value)
+
+
+def test_symlink_to_a_fifo_is_refused_without_blocking(layout: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Opening a FIFO blocks until a writer comes: it is refused from its file type, through prepare_split too."""
+    import os
+
+    root, data_dir, data_file = layout
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    _linked(root, fifo, data_file)
+    data_file.write_text(json.dumps([{**BASE, "image_id": "cord_x", "image_file": "x.png"}]), "utf-8")
+    (issue,) = prepare_split("train", data_file, root).errors
+    assert issue.code == "not_a_regular_file" and "is a FIFO" in issue.message and issue.field == "image_file"
+
+
+def test_symlink_to_a_regular_file_outside_the_root_is_followed(layout: tuple[Path, Path, Path],
+                                                                tmp_path: Path) -> None:
+    """Linked-in images from another disk keep working (the lexical containment check is unchanged)."""
+    root, data_dir, data_file = layout
+    real = png(tmp_path / "other-disk" / "scan.png")
+    rec = _linked(root, real, data_file)
+    assert resolve_image(rec, root, data_dir) == root / "CORD" / "x.png"
+
+
+def test_broken_symlink_names_its_target(layout: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    root, data_dir, data_file = layout
+    rec = _linked(root, tmp_path / "gone.png", data_file)
+    with pytest.raises(ImageProblem) as info:
+        resolve_image(rec, root, data_dir)
+    assert info.value.code == "missing_image" and str(tmp_path / "gone.png") in str(info.value)
+
+
+def test_absolute_record_path_to_a_device_is_refused(layout: tuple[Path, Path, Path]) -> None:
+    """--allow-absolute-paths allows paths outside the root, not devices."""
+    root, data_dir, data_file = layout
+    rec = record(data_file, image_id="cord_1", image_path="/dev/zero")
+    with pytest.raises(ImageProblem) as info:
+        resolve_image(rec, root, data_dir, allow_absolute_paths=True)
+    assert info.value.code == "not_a_regular_file"
+
+
+# ------------------------------------------------------------------ boxes against the image size
+
+
+@pytest.mark.parametrize(
+    ("box", "field", "ok"),
+    [([0, 0, 128, 96], "bbox_pred", True),  # exactly 2x the 64x48 image: still accepted
+     ([0, 0, 60, 97], "bbox_pred", False),  # y past 2 x 48
+     ([129, 0, 130, 10], "bbox_pred", False),  # x past 2 x 64
+     ([0, 0, 1000, 1000], "bbox_gt", False)],
+)
+def test_box_far_outside_the_image_is_an_error(layout: tuple[Path, Path, Path], box: list[int], field: str,
+                                               ok: bool) -> None:
+    """Once the image size is known, a box beyond twice its width/height is one error naming record and field."""
+    root, data_dir, data_file = layout
+    png(root / "CORD" / "r.png", size=(64, 48))
+    raw = {**BASE, "image_id": "cord_1", "image_file": "r.png", field: box}
+    data_file.write_text(json.dumps([raw]), "utf-8")
+    split = prepare_split("train", data_file, root)
+    if ok:
+        assert split.errors == [] and len(split.records) == 1
+        return
+    (issue,) = split.errors
+    assert (issue.code, issue.field, issue.location.index) == ("bbox_outside_image", field, 0)
+    assert f"lies far outside the 64x48 image (x up to 128, y up to 96 allowed)" in issue.message
+    assert split.records == []
+
+
+def test_preview_refuses_a_box_far_outside_its_image(layout: tuple[Path, Path, Path]) -> None:
+    """preview-sample/sample pick a record through select_record: the same check, one line naming the field."""
+    from docval_sft.errors import DocvalError
+    from docval_sft.preview import select_record
+
+    root, data_dir, data_file = layout
+    png(root / "CORD" / "r.png", size=(64, 48))
+    data_file.write_text(json.dumps([{**BASE, "image_id": "cord_1", "image_file": "r.png",
+                                      "bbox_pred": [0, 0, 500, 40]}]), "utf-8")
+    with pytest.raises(DocvalError) as info:
+        select_record(data_file, root, index=0)
+    assert "record 0 [image_id=cord_1]: field 'bbox_pred': box [0, 0, 500, 40] lies far outside" in str(info.value)

@@ -73,6 +73,28 @@ def test_preview_norm1000_target(demo) -> None:
     w, h = facts["image_size"]
     assert all(float(v).is_integer() and 0 <= v <= 1000 for v in box)
     assert to_pixels(parse_output(facts["target_text"]), "norm1000", (w, h)) == pytest.approx(facts["bbox"], abs=1)
+    # one frame in the target: step 7 names the box in the BBOX line's numbers, and the JSON says which is which
+    record = load_records(demo.data.train).records[2]
+    assert facts["bbox"] == list(record.bbox_pred)  # pixels, always
+    assert facts["target_bbox"] == [int(v) for v in box]
+    assert str(facts["target_bbox"]) in parse_output(facts["target_text"]).steps[6]
+    assert str(list(record.bbox_pred)) not in facts["target_text"]
+
+
+def test_preview_human_output_names_each_boxs_frame(demo) -> None:
+    """The pixel box is labelled pixels, the target's box norm1000 (it used to print the pixel box as norm1000)."""
+    record = load_records(demo.data.train).records[2]
+    facts = json.loads(runner.invoke(app, preview_args(demo, "--index", "2", "--bbox-format", "norm1000",
+                                                       "--json")).stdout)
+    result = runner.invoke(app, preview_args(demo, "--index", "2", "--bbox-format", "norm1000"),
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"teacher box (pixels) {list(record.bbox_pred)}" in text
+    assert f"in the target (norm1000) {facts['target_bbox']}" in text
+    assert f"(norm1000) {list(record.bbox_pred)}" not in text
+    pixel = " ".join(runner.invoke(app, preview_args(demo, "--index", "2"), env={"COLUMNS": "400"}).output.split())
+    assert f"teacher box (pixels) {list(record.bbox_pred)}" in pixel and "in the target" not in pixel
 
 
 def test_sample_a_record_from_the_trained_demo(trained_run: Path, demo, tmp_path: Path) -> None:

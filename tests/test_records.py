@@ -82,6 +82,9 @@ def test_jsonl_reports_line_numbers(tmp_path: Path) -> None:
         ({"image_id": 7}, (), "image_id", "wrong_type", "expected a string, got int"),
         ({"answer_gt": 3}, (), "answer_gt", "wrong_type", "expected a string"),
         ({"bbox_gt": [5, 5, 1, 1]}, (), "bbox_gt", "bad_bbox", "x1 < x2"),
+        # a 41-digit box would be trained digit by digit: refused before the image is even known
+        ({"bbox_pred": [0, 0, 1e40, 1e40]}, (), "bbox_pred", "bad_bbox", "at most 1,000,000 pixels"),
+        ({"bbox_gt": [0, 0, 10, 1_000_001]}, (), "bbox_gt", "bad_bbox", "at most 1,000,000 pixels"),
     ],
 )
 def test_field_errors(tmp_path: Path, change: dict, drop: tuple, field: str, code: str, needle: str) -> None:
@@ -142,7 +145,9 @@ def test_duplicate_question_is_a_warning_but_same_page_other_question_is_fine(tm
         (b"", "the file is empty"),
         (b"  \n", "the file is empty"),
         (b"[]", "contains no records"),
-        (b'{"image_id": "a"}\n{"image_id": \n', ":2:14: malformed JSON Lines record 1"),
+        # JSON Lines none of whose lines is JSON (a CSV, a cut-off one-line file): the file is refused as a whole
+        (b'{"image_id": \nimage_id,question\n', ":1:14: malformed JSON: Expecting value: line 1 column 14 "
+                                                 "(record 0); no line of the file is JSON"),
         (b'[{"question": "caf\xe9"}]', "line 1: not UTF-8 text (byte 0xe9"),
     ],
 )
@@ -165,8 +170,100 @@ def test_non_object_record(tmp_path: Path) -> None:
     assert issue.code == "wrong_type" and "expected a JSON object, got list" in str(issue)
 
 
-def test_dataset_key_uses_known_prefix_then_dataset_field(tmp_path: Path) -> None:
-    rows = [GOOD, {**GOOD, "image_id": "bad_fallback", "dataset": "SROIE"}, {**GOOD, "image_id": "page17"}]
-    rows[2] = {k: v for k, v in rows[2].items() if k != "dataset"}
+def test_dataset_key_uses_dataset_field_then_image_id_prefix(tmp_path: Path) -> None:
+    """The ``dataset`` field is the key when present (lower-cased: the released ``CORD`` + ``cord_...`` agree),
+    also when the image_id looks like a released set's; without it, the image_id prefix."""
+    rows = [GOOD, {**GOOD, "image_id": "bad_fallback", "dataset": "SROIE"}, {**GOOD, "image_id": "page17"},
+            {**GOOD, "image_id": "cord_inv1", "dataset": "MyInvoices"}, {**GOOD, "image_id": "docvqa_x1_p0"}]
+    for row in (rows[2], rows[4]):
+        del row["dataset"]
     prefixes = [r.prefix for r in load_records(write(tmp_path, rows)).records]
-    assert prefixes == ["cord", "sroie", "page17"]
+    assert prefixes == ["cord", "sroie", "page17", "myinvoices", "docvqa"]
+
+
+# ------------------------------------------------------------------ JSON Lines: one bad line is one bad record
+
+
+def test_malformed_jsonl_line_is_a_record_error(tmp_path: Path) -> None:
+    """A cut-off line is record-level (``malformed_json``, named by line:column with the parser's whole
+    message); the records before and after it load."""
+    good = json.dumps(GOOD)
+    full = json.dumps({**GOOD, "image_id": "cord_00002"})
+    opens = full.index('"question": "') + len('"question": ')  # 0-based offset of the question's opening quote
+    cut = full[: opens + 8]  # the line ends inside the question string
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join([good, "", cut, json.dumps({**GOOD, "image_id": "cord_00003"})]) + "\n", "utf-8")
+    result = load_records(path)
+    assert [r.image_id for r in result.records] == ["cord_00001", "cord_00003"] and result.n_total == 3
+    (issue,) = result.issues
+    column = opens + 1  # 1-based column of the quote the unterminated string starts at
+    assert (issue.code, issue.field, issue.location.index, issue.location.line) == ("malformed_json", None, 1, 3)
+    assert issue.message.startswith(f"malformed JSON: Unterminated string starting at: line 3 column {column} "
+                                    f"(at 3:{column})")
+    assert str(issue).startswith(f"{path}: record 1 (line 3): malformed JSON")
+
+
+def test_jsonl_lines_split_on_newline_only(tmp_path: Path) -> None:
+    """U+2028 / U+0085 are legal raw inside a JSON string: they do not end a JSON Lines record."""
+    odd = {**GOOD, "question": "What is the total\u2028amount\x85due?"}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(odd, ensure_ascii=False) + "\r\n" + json.dumps(GOOD, ensure_ascii=False) + "\r\n",
+                    encoding="utf-8")
+    result = load_records(path)
+    assert result.errors == [] and [r.question for r in result.records] == [odd["question"], GOOD["question"]]
+
+
+# ------------------------------------------------------------------ field length limit
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        ({"question": "q" * 101}, "question", "is 101 characters long, over the 100-character limit"),
+        ({"cot_steps": ["a", "b", "s" * 101, "d", "e", "f", "g"]}, "cot_steps", "step 3 is 101 characters long"),
+        ({"answer_pred": "1" * 101}, "answer_pred", "is 101 characters long"),
+        ({"answer_gt": ["ok", "g" * 101]}, "answer_gt", "is 101 characters long"),
+        ({"image_file": "f" * 97 + ".png"}, "image_file", "is 101 characters long"),
+    ],
+)
+def test_field_over_the_limit_is_one_record_error(tmp_path: Path, change: dict, field: str, says: str) -> None:
+    """Each text field longer than max_field_chars is one error naming the field (the limit is a parameter)."""
+    record = {**GOOD, "image_id": "cord_00002", **change}
+    result = load_records(write(tmp_path, [GOOD, record]), max_field_chars=100)
+    (issue,) = result.issues
+    assert (issue.code, issue.field, issue.location.index) == ("field_too_long", field, 1)
+    assert says in issue.message and "--max-field-chars" in issue.message
+    assert [r.image_id for r in result.records] == ["cord_00001"]
+    at_limit = {**record, **{k: (v[:100] if isinstance(v, str) else v) for k, v in change.items()}}
+    if field == "cot_steps":
+        at_limit["cot_steps"] = ["a", "b", "s" * 100, "d", "e", "f", "g"]
+    if field == "answer_gt":
+        at_limit["answer_gt"] = ["ok", "g" * 100]
+    assert load_records(write(tmp_path, [at_limit]), max_field_chars=100).errors == []  # the limit is inclusive
+
+
+def test_default_field_limit_is_far_above_real_text(tmp_path: Path) -> None:
+    """100,000 characters by default: a 20,000-character question (10x the released maximum) passes."""
+    assert load_records(write(tmp_path, [{**GOOD, "question": "w" * 20_000}])).errors == []
+    (issue,) = load_records(write(tmp_path, [{**GOOD, "question": "w" * 100_001}])).errors
+    assert issue.code == "field_too_long"
+
+
+def test_over_long_image_id_is_shortened_in_messages(tmp_path: Path) -> None:
+    result = load_records(write(tmp_path, [{**GOOD, "image_id": "cord_" + "9" * 500}]), max_field_chars=100)
+    (issue,) = result.errors
+    assert issue.field == "image_id" and len(str(issue)) < 400 and "[image_id=cord_999" in str(issue)
+
+
+def test_evaluate_groups_per_dataset_by_the_dataset_field(tmp_path: Path) -> None:
+    """evaluate's per-dataset metrics use the same key: a custom set is its own group, even with cord_ ids."""
+    from docval_sft.evaluate import score, summary_document
+    from docval_sft.format import render_target
+
+    rows = [GOOD, {**GOOD, "image_id": "cord_inv1", "dataset": "MyInvoices"},
+            {**GOOD, "image_id": "cord_inv2", "dataset": "MyInvoices", "question": "Which total?"}]
+    records = load_records(write(tmp_path, rows)).records
+    scored = [score(r, render_target(r.cot_steps, r.answer_pred, r.bbox_pred), "pixel", (1000, 1000), 0.1)
+              for r in records]
+    summary = summary_document(scored, seconds=None, info={})
+    assert {k: v["total_examples"] for k, v in summary["per_dataset"].items()} == {"cord": 1, "myinvoices": 2}

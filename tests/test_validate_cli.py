@@ -264,11 +264,11 @@ def test_debug_flag_propagates_the_error(tmp_path: Path, demo: Any) -> None:
 
 @pytest.mark.parametrize(
     ("name", "text", "where"),
-    [("broken.json", '[\n  {"image_id": "cord_1",,}\n]', ":2:"), ("broken.jsonl", '{"image_id": "cord_1"}\n{oops\n', ":2:")],
-    ids=["json-array", "json-lines"],
+    [("broken.json", '[\n  {"image_id": "cord_1",,}\n]', ":2:"), ("broken.jsonl", '{"image_id": \n{oops\n', ":1:")],
+    ids=["json-array", "json-lines-without-one-json-line"],
 )
 def test_malformed_json(tmp_path: Path, demo: Any, name: str, text: str, where: str) -> None:
-    """Malformed JSON: exit 2, one line with ``path:line:col``."""
+    """Malformed JSON: exit 2, one line with ``path:line:col`` (JSON Lines: when no line at all is JSON)."""
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     result = invoke("validate-data", "--train-data", str(path), "--image-dir", str(demo.data.image_dir))
@@ -277,6 +277,154 @@ def test_malformed_json(tmp_path: Path, demo: Any, name: str, text: str, where: 
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert re.search(re.escape(str(path) + where) + r"\d+: malformed JSON", lines[0]), lines[0]
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ JSON Lines with a bad line, --image-dir
+
+
+def _jsonl_with_a_cut_line(demo: Any, tmp_path: Path) -> tuple[Path, int]:
+    """The demo's first 4 training records as JSON Lines, line 3 cut inside a string; (file, its column)."""
+    rows = json.loads(Path(demo.data.train).read_text(encoding="utf-8"))[:4]
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    opens = lines[2].index('"question": "') + len('"question": ')
+    lines[2] = lines[2][: opens + 10]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, opens + 1
+
+
+def test_skip_bad_skips_a_malformed_jsonl_line(demo: Any, tmp_path: Path) -> None:
+    """--skip-bad on JSON Lines: the cut line is one skipped record (line:col and the parser's whole message),
+    the other records are used; without --skip-bad it is a record error (exit 1) listed like the others."""
+    data, column = _jsonl_with_a_cut_line(demo, tmp_path)
+    skipped = tmp_path / "skipped.jsonl"
+    args = ["validate-data", "--train-data", str(data), "--image-dir", str(demo.data.image_dir)]
+    result = invoke(*args, "--skip-bad", "--skipped-out", str(skipped), "--json")
+    assert result.exit_code == 0, result.output
+    report = report_of(result)
+    assert report["ok"] is True and report["splits"]["train"]["usable"] == 3
+    (row,) = [json.loads(line) for line in skipped.read_text(encoding="utf-8").splitlines()]
+    assert (row["code"], row["index"], row["line"], row["field"]) == ("malformed_json", 2, 3, None)
+    assert f"Unterminated string starting at: line 3 column {column} (at 3:{column})" in row["message"]
+    assert row["text"].startswith(f"{data}: record 2 (line 3): malformed JSON")
+
+    strict = invoke(*args, "--json")
+    assert strict.exit_code == 1, strict.output
+    assert [i["code"] for i in report_of(strict)["issues"]] == ["malformed_json"]
+
+
+def test_missing_image_dir_is_one_line(demo: Any, tmp_path: Path) -> None:
+    """A wrong --image-dir: exit 2 and one error line, not 64 "not found" errors."""
+    missing = tmp_path / "no-such-images"
+    result = invoke(*demo_args(demo)[:-2], "--image-dir", str(missing))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --image-dir {missing} does not exist, but 64 record(s) "
+                                                   f"of {demo.data.train} look up their image under it")
+    assert result.stdout.strip() == ""
+
+
+# ------------------------------------------------------------------ --max-field-chars
+
+
+def test_max_field_chars_flag(demo: Any, tmp_path: Path) -> None:
+    """A record whose question is over --max-field-chars is one record error; the limit is the flag's value."""
+    rows = json.loads(Path(demo.data.train).read_text(encoding="utf-8"))[:3]
+    rows[1]["question"] = "How much? " * 30  # 300 characters
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(rows), encoding="utf-8")
+    args = ["validate-data", "--train-data", str(data), "--image-dir", str(demo.data.image_dir), "--json"]
+    report = report_of(invoke(*args, "--max-field-chars", "299"))
+    assert report["splits"]["train"]["issue_counts"] == {"field_too_long": 1}
+    (issue,) = report["issues"]
+    assert (issue["index"], issue["field"]) == (1, "question") and "is 300 characters long" in issue["message"]
+    assert report_of(invoke(*args, "--max-field-chars", "300"))["issues"] == []
+
+
+def _write_huge_question(path: Path, n_chars: int, jsonl: bool) -> None:
+    """One valid record, then one whose question has ``n_chars`` characters, written in chunks (the test itself
+    never holds the big string)."""
+    good = {"image_id": "cord_00001", "image_file": "receipt_ok.png", "question": "What is the total?",
+            "cot_steps": [f"step {i}" for i in range(1, 8)], "answer_pred": "12", "bbox_pred": [10, 20, 50, 30]}
+    head, tail = json.dumps({**good, "image_id": "cord_00002", "question": "@"}).split('"@"')
+    with path.open("w", encoding="utf-8") as out:
+        out.write(json.dumps(good) + "\n" if jsonl else "[" + json.dumps(good) + ",\n")
+        out.write(head + '"')
+        chunk = "x" * (1 << 20)
+        for _ in range(n_chars // len(chunk)):
+            out.write(chunk)
+        out.write("x" * (n_chars % len(chunk)) + '"' + tail + ("\n" if jsonl else "]\n"))
+
+
+@pytest.mark.parametrize("jsonl", [False, True], ids=["json-array", "json-lines"])
+def test_a_100_mb_question_is_one_record_error_in_little_memory(processor: Any, tmp_path: Path,
+                                                                jsonl: bool) -> None:
+    """A 100 MB question (token counting once took 24 GB and > 400 s on it) is one field_too_long error, found
+    before anything is tokenised, with memory a small multiple of the file (traced by tracemalloc) and fast;
+    the valid record next to it is still counted."""
+    import time
+    import tracemalloc
+
+    from docval_sft.lengths import vision_collator
+    from docval_sft.validate import validate_data
+
+    images = Path(__file__).parent / "bad_inputs" / "images"
+    data = tmp_path / ("huge.jsonl" if jsonl else "huge.json")
+    n_chars = 100 * 1024 * 1024
+    _write_huge_question(data, n_chars, jsonl)
+    size = data.stat().st_size
+    vision_collator(processor)  # TRL's import is not what is measured
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        report = validate_data(data, images, processor=processor, max_length=None)
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"\n{data.name}: {size / 2**20:.0f} MiB file, peak traced {peak / 2**20:.0f} MiB, {seconds:.1f} s")
+    (split,) = report.splits
+    (issue,) = split.errors
+    assert (issue.code, issue.field, issue.location.index) == ("field_too_long", "question", 1)
+    assert f"is {n_chars:,} characters long, over the 100,000-character limit" in issue.message
+    assert [r.image_id for r in split.records] == ["cord_00001"] and len(split.token_counts) == 1
+    assert peak < 5 * size, f"peak {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+    assert seconds < 60
+
+
+# ------------------------------------------------------------------ --skip-bad messages, norm1000 mentions
+
+
+def test_skipped_too_long_records_are_not_told_to_use_skip_bad(demo: Any, tiny_model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """With --skip-bad a too-long record is reported as skipped, not advised to pass --skip-bad again."""
+    skipped = tmp_path / "skipped.jsonl"
+    result = invoke(*demo_args(demo, "--model", str(tiny_model_dir), "--max-length", "200", "--skip-bad",
+                               "--skipped-out", str(skipped), "--json"))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in skipped.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 80 and {r["code"] for r in rows} == {"too_long"}
+    for row in rows:
+        assert "--skip-bad" not in row["message"] and "skipped; raise --max-length to keep it" in row["message"]
+
+
+def test_norm1000_reports_pixel_mentions_it_cannot_convert(demo: Any) -> None:
+    """--bbox-format norm1000: each record whose steps still carry pixel coordinates (the demo's step 4 says
+    "near y=123") gets one pixel_coordinates warning, counted in the report; the teacher box literal (step 7) is
+    converted, so it is never counted; pixel targets report nothing."""
+    report = report_of(invoke(*demo_args(demo, "--bbox-format", "norm1000", "--json")))
+    rows = json.loads(Path(demo.data.train).read_text(encoding="utf-8"))
+    with_axis_value = sum(1 for r in rows if re.search(r"\by=\d", " ".join(r["cot_steps"])))
+    assert with_axis_value > 0
+    train = report["splits"]["train"]
+    assert report["ok"] is True and train["usable"] == 64
+    assert train["issue_counts"] == {"pixel_coordinates": with_axis_value} == {"pixel_coordinates": train["warnings"]}
+    issue = next(i for i in report["issues"] if i["file"] == str(demo.data.train))
+    assert issue["field"] == "cot_steps" and issue["severity"] == "warning"
+    y = re.search(r"y=(\d+)", rows[issue["index"]]["cot_steps"][3])
+    assert y is not None and f"step 4: 'y={y.group(1)}'" in issue["message"]
+    assert "step 7" not in issue["message"]
+    assert report_of(invoke(*demo_args(demo, "--json")))["issues"] == []
 
 
 # ------------------------------------------------------------------ import cost

@@ -147,6 +147,8 @@ def make_data() -> None:
         "twelve_steps": record("twelve_steps", cot_steps=STEPS + STEPS[:5]),
         "nan_box": record("nan_box", bbox_pred=[10.0, float("nan"), 50.0, 30.0]),
         "inverted_box": record("inverted_box", bbox_pred=[50.0, 20.0, 10.0, 30.0]),
+        "huge_box": record("huge_box", bbox_pred=[0, 0, 1e40, 1e40]),  # a 41-digit number in a pixel target
+        "box_outside_image": record("box_outside_image", bbox_pred=[10.0, 20.0, 500.0, 30.0]),  # page is 64x48
         "three_value_box": record("three_value_box", bbox_pred=[10.0, 20.0, 50.0]),
         "empty_question": record("empty_question", question="  "),
         "missing_answer": record("missing_answer", answer_pred=...),
