@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .format import BboxFormat, render_target, to_norm1000
+from .format import BboxFormat, render_target, target_box
 from .records import PhaseARecord
 
 if TYPE_CHECKING:
@@ -33,13 +33,9 @@ def record_target(record: PhaseARecord, bbox_format: BboxFormat = "pixel",
                   image_size: tuple[int, int] | None = None) -> str:
     """The 7-step CoT target text of a record (byte layout of docval_format.md section 2).
 
-    ``norm1000`` writes the box as 0-1000 integers relative to ``image_size`` (width, height).
+    ``norm1000``/``norm10000`` write the box as 0-1000/0-10000 integers relative to ``image_size`` (width, height).
     """
-    box: Sequence[float] = record.bbox_pred
-    if bbox_format == "norm1000":
-        if image_size is None:
-            raise ValueError("bbox_format='norm1000' needs the image size")
-        box = to_norm1000(box, *image_size)
+    box: Sequence[float] = target_box(record.bbox_pred, bbox_format, image_size)
     return render_target(record.cot_steps, record.answer_pred, box)
 
 

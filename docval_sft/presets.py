@@ -72,9 +72,10 @@ class Preset:
     bf16: bool = _f(True, "bf16 mixed precision (Ampere or newer GPUs).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: ~30% less memory, ~20% slower.")
     max_length: int = _f(8192, "Longest record in tokens; longer records are reported, never truncated.")
-    bbox_format: Literal["pixel", "norm1000"] = _f(
-        "pixel", "Box coordinates in the target: pixel (byte-compatible with the original) or norm1000 "
-                 "(0-1000 integers relative to the image size, learnable at any resolution).")
+    bbox_format: Literal["pixel", "norm1000", "norm10000"] = _f(
+        "pixel", "Box coordinates in the target: pixel (byte-compatible with the original), norm1000 "
+                 "(0-1000 integers relative to the image size, learnable at any resolution) or norm10000 "
+                 "(0-10000: a finer grid, for small boxes on large pages; docs/metrics.md).")
     seed: int = _f(42, "Seed for adapter init, data order and dropout.")
     use_cpu: bool = _f(False, "Train on the CPU even if a GPU is present.")
     dataloader_num_workers: int = _f(0, "Worker processes decoding images and building batches while the model "

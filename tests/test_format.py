@@ -293,35 +293,40 @@ CASES = {
     "canonical": (f"REASONING:\n{SEVEN}\n\nANSWER: 12\nBBOX: [1, 2, 3, 4]", S7, "12", B),
     "title-case markers": (f"Reasoning:\n{SEVEN}\n\nAnswer: 12\nBbox: [1, 2, 3, 4]", S7, "12", B),
     "lower-case markers": (f"reasoning:\n{SEVEN}\n\nanswer: 12\nbbox: [1, 2, 3, 4]", S7, "12", B),
-    "title-case answer right after the last step": (f"{SEVEN}\nAnswer: 12\nBBOX: [1, 2, 3, 4]", S7, "12", B),
+    "title-case answer right after the last step": (f"REASONING:\n{SEVEN}\nAnswer: 12\nBBOX: [1, 2, 3, 4]", S7, "12",
+                                                    B),
     "'the answer:' inside a step stays a step": (
         "REASONING:\nStep 1: a\nStep 2: so the answer: 42\n\nANSWER: 42\nBBOX: [1, 2, 3, 4]",
         ("a", "so the answer: 42"), "42", B),
     "lower-case 'answer:' line between steps is step text": (
-        "Step 1: a\nanswer: 13 is wrapped\nStep 2: b\n\nAnswer: 12\nBbox: [1, 2, 3, 4]",
+        "REASONING:\nStep 1: a\nanswer: 13 is wrapped\nStep 2: b\n\nAnswer: 12\nBbox: [1, 2, 3, 4]",
         ("a\nanswer: 13 is wrapped", "b"), "12", B),
     "an upper-case marker wins over one in another case": (
-        "Step 1: the\nanswer: 13 is wrapped\n\nANSWER: 12\nBBOX: [1, 2, 3, 4]",
+        "REASONING:\nStep 1: the\nanswer: 13 is wrapped\n\nANSWER: 12\nBBOX: [1, 2, 3, 4]",
         ("the\nanswer: 13 is wrapped",), "12", B),
     "BBOX before ANSWER": (f"REASONING:\n{SEVEN}\n\nBBOX: [1, 2, 3, 4]\nANSWER: 12", S7, "12", B),
     "a box after the answer wins over one before": (
         "BBOX: [9, 9, 9, 9]\nANSWER: 12\nBBOX: [1, 2, 3, 4]", (), "12", B),
     "empty 'Step 3:' is not a step": (
-        SEVEN.replace("Step 3: s3", "Step 3:") + "\n\nANSWER: 12\nBBOX: [1, 2, 3, 4]",
+        "REASONING:\n" + SEVEN.replace("Step 3: s3", "Step 3:") + "\n\nANSWER: 12\nBBOX: [1, 2, 3, 4]",
         ("s1", "s2", "s4", "s5", "s6", "s7"), "12", B),
     "'Step 3:' with its text on the next line": (
-        SEVEN.replace("Step 3: s3", "Step 3:\n  s3") + "\n\nANSWER: 12\nBBOX: [1, 2, 3, 4]", S7, "12", B),
+        "REASONING:\n" + SEVEN.replace("Step 3: s3", "Step 3:\n  s3") + "\n\nANSWER: 12\nBBOX: [1, 2, 3, 4]", S7,
+        "12", B),
     "a step continues up to a blank line": (
-        "Step 1: a\ncontinued\n\nchatter\nANSWER: 12\nBBOX: [1, 2, 3, 4]", ("a\ncontinued",), "12", B),
-    "'- Step N:' bullets": (SEVEN.replace("Step", "- Step") + "\n\nANSWER: 12\nBBOX: [1, 2, 3, 4]", S7, "12", B),
+        "REASONING:\nStep 1: a\ncontinued\n\nchatter\nANSWER: 12\nBBOX: [1, 2, 3, 4]", ("a\ncontinued",), "12", B),
+    "'- Step N:' bullets": ("REASONING:\n" + SEVEN.replace("Step", "- Step") + "\n\nANSWER: 12\nBBOX: [1, 2, 3, 4]",
+                           S7, "12", B),
     "'* Step N:' and '\u2022 Step N:' bullets": (
-        "* Step 1: a\n\u2022 Step 2: b\n\n- ANSWER: 12\n* BBOX: [1, 2, 3, 4]", ("a", "b"), "12", B),
+        "REASONING:\n* Step 1: a\n\u2022 Step 2: b\n\n- ANSWER: 12\n* BBOX: [1, 2, 3, 4]", ("a", "b"), "12", B),
     "'step N.' and bold steps": (
         "**Reasoning:**\nstep 1. a\n**Step 2:** b\n**Step 3: c**\n\n**Answer:** 12\n**BBOX:** [1, 2, 3, 4]",
         ("a", "b", "c"), "12", B),
     "no REASONING line: steps from the top": ("Step 1: a\nStep 2: b\nANSWER: 12\nBBOX: [1, 2, 3, 4]",
                                              ("a", "b"), "12", B),
     "multi-line answer up to BBOX": ("ANSWER: 12\nand more\nBBOX: [1, 2, 3, 4]", (), "12\nand more", B),
+    "empty answer": (f"REASONING:\n{SEVEN}\n\nANSWER: \nBBOX: [1, 2, 3, 4]", S7, "", B),
+    "box on the next line, chatter after it": ("ANSWER: 12\nBBOX:\n[1, 2, 3, 4] done\nmore", (), "12", B),
     "'ANSWER' spelled with a long s is no marker": ("AN\u017fWER: 12\nBBOX: [1, 2, 3, 4]", (), None, B),
 }
 
