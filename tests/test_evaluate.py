@@ -468,6 +468,16 @@ def test_generation_metrics_during_training(demo, tmp_path: Path) -> None:
     assert no_gen.exit_code == 2 and "needs --eval-generate N" in no_gen.output
 
 
+def test_the_old_name_eval_anls_is_refused_with_the_new_names(demo, tmp_path: Path) -> None:
+    d = demo.data
+    result = runner.invoke(app, ["train", "--preset", "demo", "--model", str(demo.model_dir), "--train-data",
+                                 str(d.train), "--val-data", str(d.val), "--image-dir", str(d.image_dir),
+                                 "--output-dir", str(tmp_path / "run"), "--eval-generate", "2",
+                                 "--metric-for-best-model", "eval_anls", "--dry-run"])
+    assert result.exit_code == 2
+    assert "'eval_anls' is not a metric" in result.output and "eval_anls_standard, eval_anls_lenient" in result.output
+
+
 def test_batched_generation_equals_one_by_one(trained_run: Path, test_split) -> None:
     """Left-padded batches must not change greedy outputs (Gemma 3 token_type_ids and masks included)."""
     from PIL import Image
