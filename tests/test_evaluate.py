@@ -235,16 +235,12 @@ def test_every_summary_field_against_hand_computed_values(hand_split, hand_gener
     assert by_q["q3"]["generation_error"] == "RuntimeError: CUDA out of memory" and not by_q["q3"]["generated"]
 
 
-def test_failed_generations_are_retried_on_resume(hand_split, hand_generate, tmp_path: Path) -> None:
+def test_failed_generations_are_retried_on_resume(hand_split, hand_generate, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
     evaluate_records(Student(), hand_split.records, hand_split.image_paths, tmp_path, batch_size=1)
-    HAND_OK = SEVEN + "ANSWER: x\nBBOX: [0, 0, 5, 5]"
     hand_generate.clear()
-    original = HAND["q3"]
-    HAND["q3"] = (*original[:3], HAND_OK)
-    try:
-        result = evaluate_records(Student(), hand_split.records, hand_split.image_paths, tmp_path, resume=True)
-    finally:
-        HAND["q3"] = original
+    monkeypatch.setitem(HAND, "q3", (*HAND["q3"][:3], SEVEN + "ANSWER: x\nBBOX: [0, 0, 5, 5]"))  # works now
+    result = evaluate_records(Student(), hand_split.records, hand_split.image_paths, tmp_path, resume=True)
     assert hand_generate == [["q3"]] and result.n_new == 1
     assert result.summary["failed"] == 0 and result.summary["successful"] == 5
     assert result.rows[3]["iou"] == 1.0
