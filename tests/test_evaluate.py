@@ -436,6 +436,10 @@ def test_cli_prints_a_line_per_batch_and_the_resume_command_on_ctrl_c(demo, fake
     resumed = runner.invoke(app, argv[1:])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming: 6/16 records already evaluated (predictions.jsonl)" in resumed.stdout
+    # the table at 80 columns: every header whole, no line but a path wider than 80
+    assert re.search(r"^dataset +n +parsed +ANLS +ANLS-L +ANLSgt +IoU +mAP +@\.5 +CoT7$", resumed.stdout, re.M)
+    assert re.search(r"^visualmrc +2 ", resumed.stdout, re.M)
+    assert [line for line in resumed.stdout.splitlines() if len(line) > 80 and "/" not in line] == []
     assert oracle.calls == 6 + 10
     assert len((out / PREDICTIONS_JSONL).read_text().splitlines()) == 16
 
