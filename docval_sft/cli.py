@@ -486,23 +486,42 @@ def merge_cmd(
 def evaluate_cmd(
     test_data: Annotated[Path, typer.Option("--test-data", help="Phase A records to evaluate on (e.g. D_test.json).")],
     image_dir: ImageDir,
-    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where predictions.jsonl/.json and evaluation_summary.json go.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where evaluation_run.json, predictions.jsonl/.json and evaluation_summary.json go.")],
     model: Annotated[Optional[str], typer.Option("--model", help="Base model; read from the adapter when omitted.")] = None,
     adapter: Annotated[Optional[Path], typer.Option("--adapter", help="OUTPUT/final (LoRA) or a merged directory.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records generated together.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records generated together (may change on --resume).")] = 1,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation limit.")] = 1024,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate only the first N usable records.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted evaluation in --output-dir.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the evaluation in --output-dir (same test file, model and settings).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the evaluation in --output-dir.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
     as_json: JsonOut = False,
 ) -> None:
     """Phase C metrics of a student on Phase A records: ANLS, IoU, mAP@[.5:.95], CoT compliance, per dataset."""
-    from .evaluate import evaluate
+    import shlex
+
+    from .evaluate import EvaluationInterrupted, evaluate
 
     console = _console(as_json)
-    result = evaluate(model, adapter, test_data, image_dir, output_dir, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, limit=limit, resume=resume, show_progress=console.is_terminal,
-                      dtype=dtype)
+    # Without a terminal (a pipe, a log file) there is no bar: a line per batch instead, on stderr with --json.
+    echo = None if console.is_terminal else (lambda line: typer.echo(line, err=as_json))
+    try:
+        result = evaluate(model, adapter, test_data, image_dir, output_dir, batch_size=batch_size,
+                          max_new_tokens=max_new_tokens, limit=limit, resume=resume, overwrite=overwrite,
+                          show_progress=console.is_terminal, dtype=dtype, console=console, echo=echo)
+    except KeyboardInterrupt as exc:
+        if _state["debug"]:
+            raise
+        again = ["docval-sft", "evaluate", "--test-data", str(test_data), "--image-dir", str(image_dir),
+                 "--output-dir", str(output_dir)]
+        for flag, value, default in (("--model", model, None), ("--adapter", adapter, None),
+                                     ("--batch-size", batch_size, 1), ("--max-new-tokens", max_new_tokens, 1024),
+                                     ("--limit", limit, None), ("--dtype", dtype, "auto")):
+            if value != default:
+                again += [flag, str(value)]
+        saved = f"{exc}; " if isinstance(exc, EvaluationInterrupted) else ""
+        typer.echo(f"interrupted: {saved}continue with: {shlex.join([*again, '--resume'])}", err=True)
+        raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result.summary, ensure_ascii=False))
     else:

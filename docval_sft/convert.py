@@ -10,8 +10,8 @@ With this format TRL's ``SFTTrainer`` computes the loss on the completion only a
 completion with the end-of-turn token, so the student learns to stop. The prompt is exactly the one Phase B2 and
 Phase C build (image, then question, no system prompt); changing it would be a train/test mismatch.
 
-**norm1000 targets use one coordinate frame.** With ``bbox_format="norm1000"`` the BBOX line is in 0-1000
-units, and so is every *box literal in the steps that denotes the teacher box*: a ``[a, b, c, d]`` or
+**Grid targets use one coordinate frame.** With ``bbox_format="norm1000"`` (or ``norm10000``) the BBOX line is in
+0-1000 (0-10000) units, and so is every *box literal in the steps that denotes the teacher box*: a ``[a, b, c, d]`` or
 ``(a, b, c, d)`` group of exactly four numbers (optional spaces after the commas) whose values equal
 ``bbox_pred`` in order, in any number formatting (``93``, ``93.0``, ``93.00`` all equal 93). It is rewritten
 with the BBOX line's numbers, keeping its brackets (Step 7's "located at [93.0, 109.0, 183.0, 121.0]" becomes
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .format import BboxFormat, render_target, to_norm1000
+from .format import BboxFormat, render_target, target_box
 from .records import PhaseARecord
 
 if TYPE_CHECKING:
@@ -81,16 +81,14 @@ def record_target(record: PhaseARecord, bbox_format: BboxFormat = "pixel",
                   image_size: tuple[int, int] | None = None) -> str:
     """The 7-step CoT target text of a record (byte layout of docval_format.md section 2).
 
-    ``norm1000`` writes the box as 0-1000 integers relative to ``image_size`` (width, height), in the BBOX line
-    and in every step literal of the teacher box (module docstring).
+    ``norm1000``/``norm10000`` write the box as 0-1000/0-10000 integers relative to ``image_size`` (width, height),
+    in the BBOX line and in every step literal of the teacher box (module docstring).
     """
-    if bbox_format == "norm1000":
-        if image_size is None:
-            raise ValueError("bbox_format='norm1000' needs the image size")
-        box = to_norm1000(record.bbox_pred, *image_size)
-        steps = [convert_teacher_box(step, record.bbox_pred, box) for step in record.cot_steps]
-        return render_target(steps, record.answer_pred, box)
-    return render_target(record.cot_steps, record.answer_pred, record.bbox_pred)
+    box: Sequence[float] = target_box(record.bbox_pred, bbox_format, image_size)
+    if bbox_format == "pixel":
+        return render_target(record.cot_steps, record.answer_pred, box)
+    steps = [convert_teacher_box(step, record.bbox_pred, box) for step in record.cot_steps]  # type: ignore[arg-type]
+    return render_target(steps, record.answer_pred, box)
 
 
 def to_example(record: PhaseARecord, image: Any, bbox_format: BboxFormat = "pixel",

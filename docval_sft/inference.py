@@ -7,13 +7,13 @@ student sees at inference exactly the prompt it was trained on.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .convert import build_prompt
 from .errors import DocvalError
-from .format import BboxFormat, ParsedOutput, from_norm1000, parse_output
+from .format import BboxFormat, ParsedOutput, box_to_pixels, parse_output
 from .files import read_model_info
 
 
@@ -23,6 +23,9 @@ class Student:
     processor: Any
     bbox_format: BboxFormat
     source: str  # human-readable "base + adapter" description
+    # What was loaded (eval_header.model_identity) and the dtype it runs in: evaluate --resume compares them.
+    identity: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
 
     @property
     def device(self) -> Any:
@@ -64,9 +67,8 @@ def inference_dtype(dtype: str, use_cpu: bool) -> Any:
     return getattr(torch, dtype)
 
 
-def load_student(model: str | None, adapter: str | Path | None = None, *, dtype: str = "auto",
-                 device: str | None = None) -> Student:
-    """``adapter`` is OUTPUT/final (LoRA), a merged directory, or None (the base alone)."""
+def resolve_student(model: str | None, adapter: str | Path | None) -> tuple[Path | None, bool, str | None, str]:
+    """``(adapter_dir, is_lora, base, weights)`` that :func:`load_student` loads; checks the paths (no weights read)."""
     adapter_dir = Path(adapter) if adapter is not None else None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise DocvalError(f"--adapter {adapter_dir}: no such directory")
@@ -74,11 +76,41 @@ def load_student(model: str | None, adapter: str | Path | None = None, *, dtype:
     if adapter_dir is not None and not lora and not (adapter_dir / "config.json").is_file():
         raise DocvalError(f"--adapter {adapter_dir} holds neither a LoRA adapter (adapter_config.json) nor a "
                           "model (config.json)")
-    info = read_model_info(adapter_dir) if adapter_dir else {}
     base = model or (adapter_base_model(adapter_dir) if lora else None)
     weights = base if (lora or adapter_dir is None) else str(adapter_dir)
     if weights is None:
         raise DocvalError("give --model (a base model) and/or --adapter")
+    return adapter_dir, lora, base, weights
+
+
+def _bbox_format(adapter_dir: Path | None) -> BboxFormat:
+    from .files import MODEL_INFO_FILE
+    from .format import BBOX_FORMATS
+
+    fmt = (read_model_info(adapter_dir) if adapter_dir else {}).get("bbox_format", "pixel")
+    if fmt not in BBOX_FORMATS:
+        raise DocvalError(f"{adapter_dir / MODEL_INFO_FILE}: bbox_format {fmt!r} is unknown to this docval-sft "
+                          f"(it knows {', '.join(BBOX_FORMATS)}); upgrade docval-sft")  # type: ignore[operator]
+    return fmt  # type: ignore[return-value]
+
+
+def student_identity(model: str | None, adapter: str | Path | None) -> dict[str, Any]:
+    """What :func:`load_student` would load, by content (see eval_header), plus its bbox_format."""
+    from .eval_header import model_identity
+
+    adapter_dir, lora, base, _ = resolve_student(model, adapter)
+    return {**model_identity(adapter_dir, base if (lora or adapter_dir is None) else None),
+            "bbox_format": _bbox_format(adapter_dir)}
+
+
+def load_student(model: str | None, adapter: str | Path | None = None, *, dtype: str = "auto",
+                 device: str | None = None, identity: dict[str, Any] | None = None) -> Student:
+    """``adapter`` is OUTPUT/final (LoRA), a merged directory, or None (the base alone). ``identity``: a
+    :func:`student_identity` already computed for the same arguments (else it is computed here)."""
+    adapter_dir, lora, base, weights = resolve_student(model, adapter)
+    if identity is None:
+        identity = student_identity(model, adapter)
+    fmt = _bbox_format(adapter_dir)
 
     import torch
 
@@ -86,8 +118,9 @@ def load_student(model: str | None, adapter: str | Path | None = None, *, dtype:
 
     quiet_libraries()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = inference_dtype(dtype, device == "cpu")
     # straight onto the device: no full CPU copy of the weights first (24 GB for a 12B model in bf16)
-    net = load_pretrained(weights, dtype=inference_dtype(dtype, device == "cpu"), device_map={"": device})
+    net = load_pretrained(weights, dtype=torch_dtype, device_map={"": device})
     if lora:
         from peft import PeftModel
 
@@ -95,7 +128,8 @@ def load_student(model: str | None, adapter: str | Path | None = None, *, dtype:
     processor_source = str(adapter_dir) if adapter_dir is not None and _has_processor(adapter_dir) else weights
     processor = load_processor(processor_source)
     source = f"{base} + {adapter_dir}" if lora else str(weights)
-    return Student(net.eval(), processor, info.get("bbox_format", "pixel"), source)
+    return Student(net.eval(), processor, fmt, source, identity,
+                   str(torch_dtype).removeprefix("torch."))
 
 
 def stop_token_ids(student: Student) -> list[int]:
@@ -150,12 +184,8 @@ def generate(student: Student, images: Sequence[Any], questions: Sequence[str], 
 
 
 def to_pixels(parsed: ParsedOutput, bbox_format: BboxFormat, image_size: tuple[int, int]) -> list[float] | None:
-    """The predicted box in pixels of the original image (norm1000 outputs are converted back)."""
-    if parsed.bbox is None:
-        return None
-    if bbox_format == "norm1000":
-        return from_norm1000(parsed.bbox, *image_size)
-    return list(parsed.bbox)
+    """The predicted box in pixels of the original image (grid formats such as norm1000 are converted back)."""
+    return box_to_pixels(parsed.bbox, bbox_format, image_size)
 
 
 def parse_prediction(text: str, bbox_format: BboxFormat, image_size: tuple[int, int]) -> tuple[ParsedOutput,

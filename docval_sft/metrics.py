@@ -1,9 +1,12 @@
 """Phase C metrics as pure functions (docval_format.md section 3).
 
-- ``anls``: the standard ANLS of DocVQA: 1 - normalised Levenshtein distance (case-insensitive, stripped),
-  zeroed when the distance is >= ``tau`` (0.5), max over all gold answers.
-- ``anls_lenient``: the original Phase C script's variant: no threshold, a single reference. It is never lower
-  than ``anls`` for the same reference, so numbers from the two are not comparable.
+- ``anls``: ANLS exactly as the DocVQA scoring script (RRC) computes it for one question: both strings lower-cased,
+  stripped and their inner whitespace collapsed to one space; distance = Levenshtein(normalised) / max of the
+  *raw* strings' lengths (the script measures ``len(s.upper())`` of the unnormalised answers); score = 1 - the
+  smallest distance over the gold answers, set to 0 when it is below 1 - ``tau`` (a score of exactly 0.5 is kept).
+- ``anls_lenient``: the original Phase C script's score: lower-cased and stripped (no whitespace collapsing), no
+  threshold, a single reference, an empty string matching only an empty string. Usually higher than ``anls`` on
+  the same reference (no threshold), lower where only inner whitespace differs: the two are not comparable.
 - ``iou``: intersection over union of ``[x1, y1, x2, y2]`` pixel boxes; a missing, malformed, inverted or
   zero-area box scores 0.
 - ``map_50_95``: the DocVAL authors' mAP@[0.50:0.95]: mean over t = 0.50, 0.55, ..., 0.95 of the fraction of
@@ -32,31 +35,36 @@ def levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _normalise(text: str) -> str:
-    return text.strip().lower()
-
-
-def similarity(prediction: str, gold: str) -> float:
-    """1 - normalised Levenshtein distance; two empty strings are identical (1.0)."""
-    p, g = _normalise(prediction), _normalise(gold)
-    longest = max(len(p), len(g))
-    return 1.0 if longest == 0 else 1.0 - levenshtein(p, g) / longest
+def _collapse(text: str) -> str:
+    """The DocVQA script's normalisation: lower-cased, stripped, inner whitespace runs collapsed to one space."""
+    return " ".join(text.strip().lower().split())
 
 
 def anls(prediction: str | None, golds: Sequence[str] | str, tau: float = 0.5) -> float:
-    """Standard ANLS for one question; a missing prediction scores 0."""
+    """Standard ANLS for one question (the DocVQA scoring script's); a missing prediction scores 0."""
     golds = [golds] if isinstance(golds, str) else list(golds)
     if not golds:
         raise ValueError("anls needs at least one gold answer")
     if prediction is None:
         return 0.0
-    scores = [similarity(prediction, g) for g in golds]
-    return max(s if 1.0 - s < tau else 0.0 for s in scores)
+    distances = []
+    for gold in golds:
+        # The script divides by the longer of the raw answers (upper-cased), not of the normalised ones.
+        length = max(len(gold.upper()), len(prediction.upper()))
+        distances.append(0.0 if length == 0 else levenshtein(_collapse(gold), _collapse(prediction)) / length)
+    score = 1.0 - min(distances)
+    return 0.0 if score < 1.0 - tau else score
 
 
 def anls_lenient(prediction: str | None, gold: str) -> float:
-    """The original Phase C score: no threshold, one reference."""
-    return 0.0 if prediction is None else similarity(prediction, gold)
+    """The original Phase C score: no threshold, one reference; a missing prediction scores 0."""
+    if prediction is None:
+        return 0.0
+    if not prediction or not gold:  # Phase C tests emptiness before stripping
+        return 1.0 if not prediction and not gold else 0.0
+    p, g = prediction.lower().strip(), gold.lower().strip()
+    longest = max(len(p), len(g))
+    return 1.0 if longest == 0 else max(0.0, 1.0 - levenshtein(p, g) / longest)
 
 
 def _valid_box(box: Sequence[float] | None) -> bool:

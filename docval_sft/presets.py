@@ -74,9 +74,10 @@ class Preset:
     bf16: bool = _f(True, "bf16 mixed precision (Ampere or newer GPUs).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: ~30% less memory, ~20% slower.")
     max_length: int = _f(8192, "Longest record in tokens; longer records are reported, never truncated.")
-    bbox_format: Literal["pixel", "norm1000"] = _f(
-        "pixel", "Box coordinates in the target: pixel (byte-compatible with the original) or norm1000 "
-                 "(0-1000 integers relative to the image size, learnable at any resolution).")
+    bbox_format: Literal["pixel", "norm1000", "norm10000"] = _f(
+        "pixel", "Box coordinates in the target: pixel (byte-compatible with the original), norm1000 "
+                 "(0-1000 integers relative to the image size, learnable at any resolution) or norm10000 "
+                 "(0-10000: a finer grid, for small boxes on large pages; docs/metrics.md).")
     # Checked before tokenising: one absurd record (a 100 MB question took 24 GB to count) is one record error.
     max_field_chars: int = _f(DEFAULT_MAX_FIELD_CHARS, "Longest text field (question, each step, answer) in "
                                                        "characters; longer is a record error, never tokenised.")

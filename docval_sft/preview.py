@@ -13,7 +13,7 @@ from typing import Any
 
 from .convert import record_target
 from .errors import DocvalError
-from .format import BboxFormat, to_norm1000
+from .format import BboxFormat, target_box
 from .images import ImageProblem, check_image, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter
 from .records import PhaseARecord, check_box_in_image, load_records
@@ -108,6 +108,5 @@ def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, ma
         target_text=target, labeled_text=labeled_text, end_of_turn_text=suffix,
         labels_ok=labeled_text.startswith(target) and any(suffix.strip() == t for t in stop_tokens),
         counts=count, max_length=max_length, bbox_format=bbox_format,
-        target_bbox=list(to_norm1000(record.bbox_pred, *image.size)) if bbox_format == "norm1000"
-        else list(record.bbox_pred),
+        target_bbox=list(target_box(record.bbox_pred, bbox_format, image.size)),
     )

@@ -363,6 +363,7 @@ def _validate(run: RunConfig, processor: Any, show_progress: bool) -> tuple[Any,
         max_length=run.preset.max_length, strict=run.strict, skip_bad=run.skip_bad,
         allow_absolute_paths=run.allow_absolute_paths, show_progress=show_progress,
         bbox_format=run.preset.bbox_format, workers=run.preset.dataloader_num_workers,
+        max_field_chars=run.preset.max_field_chars,
     )
     problems = []
     if not report.ok:

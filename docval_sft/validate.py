@@ -119,7 +119,7 @@ def prepare_split(
     split = SplitData(name, loaded.file, loaded.n_total, issues=list(loaded.issues))
     image_root, data_dir = Path(image_dir), loaded.file.parent
     check_image_dir(image_root, loaded.records if limit is None else loaded.records[:limit], loaded.file)
-    if bbox_format == "norm1000":
+    if bbox_format != "pixel":  # a grid target: step coordinates it cannot convert are reported
         for record in loaded.records:
             _mentions_warning(split, record)
     if on_total:

@@ -18,21 +18,41 @@ def test_anls_standard() -> None:
     assert anls("  TOTAL ", "total") == 1.0  # case-insensitive, stripped
     # "12.5" vs "12.50": distance 1 over 5 -> 0.8
     assert anls("12.5", "12.50") == pytest.approx(0.8)
-    # "abcd" vs "abxy": distance 2 over 4 = 0.5 -> at the threshold: zeroed (distance must be < 0.5)
-    assert anls("abcd", "abxy") == 0.0
-    # "abcde" vs "abxye": 2/5 = 0.4 < 0.5 -> 0.6
+    # "abcde" vs "abxye": 2/5 = 0.4 -> 0.6
     assert anls("abcde", "abxye") == pytest.approx(0.6)
+    # "abc" vs "xyc": 2/3 -> 0.333 < 0.5 -> zeroed
+    assert anls("abc", "xyc") == 0.0
     assert anls("abcd", ["zzzz", "abcd"]) == 1.0  # max over gold answers
+    assert anls("abcd", ["abxd", "zzzz"]) == pytest.approx(0.75)
     assert anls("", "") == 1.0 and anls("", "x") == 0.0 and anls(None, "x") == 0.0
     assert anls("Straße", "strasse") == pytest.approx(1 - 2 / 7)
     with pytest.raises(ValueError):
         anls("x", [])
 
 
-def test_anls_lenient_has_no_threshold() -> None:
-    assert anls_lenient("abcd", "abxy") == 0.5  # the standard score is 0 here
+def test_anls_keeps_a_score_of_exactly_one_half() -> None:
+    # The DocVQA script zeroes a score *below* 0.5: "abcd" vs "abxy" is 1 - 2/4 = 0.5 and stays 0.5.
+    assert anls("abcd", "abxy") == 0.5
+    assert anls("ab", "xb") == 0.5
+
+
+def test_anls_collapses_inner_whitespace_like_the_docvqa_script() -> None:
+    assert anls("New  York", "new york") == 1.0
+    assert anls("new\t york \n", "New York") == 1.0
+    # The script divides by the longer *raw* answer: " abc" (4 characters) vs "abd": distance 1 between the
+    # normalised "abc" and "abd", over 4 -> 0.75 (over the normalised length it would be 0.667).
+    assert anls(" abc", "abd") == pytest.approx(0.75)
+    assert anls("a  bc", "a bd") == pytest.approx(1 - 1 / 5)
+
+
+def test_anls_lenient_is_phase_c_score() -> None:
+    assert anls_lenient("abcd", "abxy") == 0.5
+    assert anls_lenient("abc", "xyc") == pytest.approx(1 / 3)  # no threshold: the standard score is 0 here
     assert anls_lenient("a", "abcdefghij") == pytest.approx(0.1)
-    assert anls_lenient(None, "x") == 0.0
+    assert anls_lenient("New  York", "new york") == pytest.approx(1 - 1 / 9)  # Phase C collapses nothing
+    assert anls_lenient("", "") == 1.0 and anls_lenient("", "x") == 0.0
+    assert anls_lenient("  ", "") == 0.0  # Phase C tests emptiness before stripping
+    assert anls_lenient(None, "x") == 0.0 and anls_lenient(None, "") == 0.0
 
 
 def test_iou_hand_computed() -> None:
