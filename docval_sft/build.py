@@ -70,10 +70,13 @@ def sft_config_kwargs(preset: Preset, output_dir: str, *, has_eval: bool, report
     """Keyword arguments of the run's ``SFTConfig`` (a plain dict, so --dry-run can print it without a GPU)."""
     evaluate = has_eval and preset.eval_steps > 0
     load_best = preset.load_best_model_at_end and evaluate
-    from .evaluate import GENERATION_METRICS
+    from .metrics import GENERATION_METRICS, RENAMED_METRICS
 
     metric = preset.metric_for_best_model.removeprefix("eval_")
     known = ("loss", "mean_token_accuracy", "entropy", *GENERATION_METRICS)
+    if load_best and metric in RENAMED_METRICS:
+        raise DocvalError(f"metric_for_best_model {preset.metric_for_best_model!r} was renamed "
+                          f"eval_{RENAMED_METRICS[metric]} (docs/metrics.md)")
     if load_best and metric not in known:  # caught now, not at the first evaluation hours into the run
         raise DocvalError(f"metric_for_best_model {preset.metric_for_best_model!r} is not a metric; choose one of "
                           + ", ".join(f"eval_{m}" for m in known))

@@ -91,7 +91,7 @@ def validate_data_cmd(
     skip_bad: SkipBad = False,
     skipped_out: Annotated[Path, typer.Option("--skipped-out", help="Where --skip-bad writes its report.")] = Path("skipped.jsonl"),
     allow_absolute_paths: AllowAbs = False,
-    bbox_format: Annotated[str, typer.Option("--bbox-format", help="Box format of the target whose tokens are counted: pixel or norm1000.")] = "pixel",
+    bbox_format: Annotated[str, typer.Option("--bbox-format", help="Box format of the target whose tokens are counted: pixel, norm1000 or norm10000.")] = "pixel",
     workers: Annotated[int, typer.Option("--workers", min=0, help="Processes decoding images and counting tokens (0: this one).")] = 0,
     max_field_chars: Annotated[Optional[int], typer.Option("--max-field-chars", min=1, help="Longest text field in characters; longer is a record error, never tokenised (default 100000).")] = None,
     as_json: JsonOut = False,
@@ -234,8 +234,8 @@ GradCkpt = Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no
 AttnImpl = Annotated[Optional[str], typer.Option("--attn-implementation", help="sdpa, eager or flash_attention_2.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 EvalGenerate = Annotated[Optional[int], typer.Option("--eval-generate", min=0, help="Generate for N validation records at each evaluation and log ANLS/IoU/mAP/compliance.")]
-MetricBest = Annotated[Optional[str], typer.Option("--metric-for-best-model", help="eval_loss (default) or a generation metric, e.g. eval_anls.")]
-BboxFmt = Annotated[Optional[str], typer.Option("--bbox-format", help="Target box coordinates: pixel (original) or norm1000.")]
+MetricBest = Annotated[Optional[str], typer.Option("--metric-for-best-model", help="eval_loss (default) or a generation metric, e.g. eval_anls_standard.")]
+BboxFmt = Annotated[Optional[str], typer.Option("--bbox-format", help="Target box coordinates: pixel (original), norm1000 or norm10000.")]
 SetFields = Annotated[Optional[list[str]], typer.Option("--set", help="Override any preset field: --set lora_dropout=0 (repeatable).")]
 
 def _overrides(values: dict[str, Any], set_fields: Optional[list[str]]) -> dict[str, Any]:

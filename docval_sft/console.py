@@ -106,7 +106,7 @@ def print_sample(result: Any, png: Any, console: Console) -> None:
         lines.append(f"[yellow]not compliant: {p.n_steps} steps (expected 7)[/yellow]")
     if result.record is not None:
         lines.append(f"teacher: {result.record.answer_pred!r} {list(result.record.bbox_pred)}  "
-                     f"ANLS {result.teacher_anls:.3f}  IoU {result.teacher_iou:.3f}")
+                     f"ANLS {result.teacher_anls_standard:.3f}  IoU {result.teacher_iou:.3f}")
     lines.append(f"[dim]{result.seconds:.1f}s" + (f"; annotated image: {png}" if png else "") + "[/dim]")
     console.print(Panel("\n".join(lines), title="student", title_align="left"), highlight=False)
 

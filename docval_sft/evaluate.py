@@ -26,9 +26,9 @@ from typing import Any
 
 from .errors import DocvalError
 from .eval_header import RUN_JSON, check_resume, sha256_file
-from .files import write_json_atomic, write_text_atomic
+from .files import RunLock, write_json_atomic, write_text_atomic
 from .images import open_image
-from .metrics import accuracy_at, anls, anls_lenient, iou, map_50_95
+from .metrics import GENERATION_METRICS, RENAMED_METRICS, accuracy_at, anls, anls_lenient, iou, map_50_95  # noqa: F401 - re-exported
 from .records import PhaseARecord
 
 PREDICTIONS_JSONL = "predictions.jsonl"
@@ -37,11 +37,6 @@ SUMMARY_JSON = "evaluation_summary.json"
 OUTPUT_FILES = (RUN_JSON, PREDICTIONS_JSONL, PREDICTIONS_JSON, SUMMARY_JSON)
 HEADER_FORMAT = 1
 
-# Metrics logged by --eval-generate at each evaluation as "eval_<name>" (any may be metric_for_best_model); each is
-# the summary field of the same name, with the same meaning, in evaluation_summary.json.
-GENERATION_METRICS = ("anls_standard", "anls_lenient", "iou", "map_50_95", "acc_iou_50", "cot_compliance")
-# Names that meant something under an earlier release: eval_anls was the standard ANLS.
-RENAMED_METRICS = {"anls": "anls_standard"}
 
 Row = dict[str, Any]
 Key = tuple[int, str, str]
@@ -364,52 +359,54 @@ def evaluate_records(
     info = info or {}
     output_dir = Path(output_dir)
     header = run_header(student, records, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    saved = check_output_dir(output_dir, header, resume=resume, overwrite=overwrite)
+    check_output_dir(output_dir, header, resume=resume, overwrite=overwrite)  # a file, a held evaluation: refused
     output_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in OUTPUT_FILES:
-            (output_dir / name).unlink(missing_ok=True)
-    if saved is not None:
-        header["started"] = saved.get("started", header["started"])
-        header["batch_sizes"] = [*saved.get("batch_sizes", []), batch_size]
-    header["image_dir"] = info.get("image_dir")
-    write_json_atomic(output_dir / RUN_JSON, header)  # before any prediction: a resume can always check it
+    with RunLock(output_dir, "evaluation"):  # one writer: a second evaluate into this directory is refused
+        saved = check_output_dir(output_dir, header, resume=resume, overwrite=overwrite)  # as it is under the lock
+        if overwrite:
+            for name in OUTPUT_FILES:
+                (output_dir / name).unlink(missing_ok=True)
+        if saved is not None:
+            header["started"] = saved.get("started", header["started"])
+            header["batch_sizes"] = [*saved.get("batch_sizes", []), batch_size]
+        header["image_dir"] = info.get("image_dir")
+        write_json_atomic(output_dir / RUN_JSON, header)  # before any prediction: a resume can always check it
 
-    jsonl = output_dir / PREDICTIONS_JSONL
-    done = read_done(jsonl)
-    failed = [key for key, row in done.items() if not row["generated"]]
-    if failed:  # generated again below: drop their rows so the file keeps one row per record
-        for key in failed:
-            del done[key]
-        write_text_atomic(jsonl, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in done.values()))
-    todo = [(r, p) for r, p in zip(records, image_paths, strict=True) if record_key(r) not in done]
-    n_done = len(records) - len(todo)
-    if on_batch:
-        on_batch(n_done, len(records), [])
-    try:
-        with jsonl.open("a", encoding="utf-8") as out:
-            for rows in generate_rows(student, todo, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                      catch_errors=True):
-                for row in rows:
-                    done[row_key(row)] = row
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                out.flush()  # an interrupted run keeps every finished batch
-                n_done += len(rows)
-                if on_batch:
-                    on_batch(n_done, len(records), rows)
-    except KeyboardInterrupt:
-        raise EvaluationInterrupted(n_done, len(records), jsonl) from None
-    rows = [done[record_key(r)] for r in records]
-    write_json_atomic(output_dir / PREDICTIONS_JSON, [phase_c_row(row) for row in rows])
-    summary = summary_document(rows, model_path=info.get("model_path") or str(getattr(student, "source", "")),
-                               test_data_path=info.get("test_data_path") or str(header["test_data"]),
-                               run={**header, "n_new": len(todo)})
-    write_json_atomic(output_dir / SUMMARY_JSON, summary)
-    failed = [row for row in rows if not row["generated"]]
-    if rows and len(failed) == len(rows):
-        raise DocvalError(f"generation failed for all {len(rows)} records, first: {failed[0]['generation_error']}; "
-                          f"see {jsonl}")
-    return EvaluationResult(output_dir, rows, summary, len(todo))
+        jsonl = output_dir / PREDICTIONS_JSONL
+        done = read_done(jsonl)
+        failed = [key for key, row in done.items() if not row["generated"]]
+        if failed:  # generated again below: drop their rows so the file keeps one row per record
+            for key in failed:
+                del done[key]
+            write_text_atomic(jsonl, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in done.values()))
+        todo = [(r, p) for r, p in zip(records, image_paths, strict=True) if record_key(r) not in done]
+        n_done = len(records) - len(todo)
+        if on_batch:
+            on_batch(n_done, len(records), [])
+        try:
+            with jsonl.open("a", encoding="utf-8") as out:
+                for rows in generate_rows(student, todo, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                          catch_errors=True):
+                    for row in rows:
+                        done[row_key(row)] = row
+                        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    out.flush()  # an interrupted run keeps every finished batch
+                    n_done += len(rows)
+                    if on_batch:
+                        on_batch(n_done, len(records), rows)
+        except KeyboardInterrupt:
+            raise EvaluationInterrupted(n_done, len(records), jsonl) from None
+        rows = [done[record_key(r)] for r in records]
+        write_json_atomic(output_dir / PREDICTIONS_JSON, [phase_c_row(row) for row in rows])
+        summary = summary_document(rows, model_path=info.get("model_path") or str(getattr(student, "source", "")),
+                                   test_data_path=info.get("test_data_path") or str(header["test_data"]),
+                                   run={**header, "n_new": len(todo)})
+        write_json_atomic(output_dir / SUMMARY_JSON, summary)
+        failed = [row for row in rows if not row["generated"]]
+        if rows and len(failed) == len(rows):
+            raise DocvalError(f"generation failed for all {len(rows)} records, first: {failed[0]['generation_error']}; "
+                              f"see {jsonl}")
+        return EvaluationResult(output_dir, rows, summary, len(todo))
 
 
 class _Report:

@@ -47,8 +47,8 @@ class RunLock:
     or any process on another host, keeps the directory.
     """
 
-    def __init__(self, directory: Path, what: str = "run") -> None:
-        self.path = Path(directory) / LOCK_FILE
+    def __init__(self, directory: Path, what: str = "run", name: str = LOCK_FILE) -> None:
+        self.path = Path(directory) / name
         self.what = what
         self._fh: Any = None
 
@@ -62,7 +62,8 @@ class RunLock:
     def _refuse(self, holder: dict[str, Any]) -> DocvalError:
         who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}: "
                f"{holder.get('command', '?')}")
-        return DocvalError(f"{self.path.parent} is in use by another docval-sft {self.what} ({who}); wait for it to "
+        where = self.path.parent if self.path.name == LOCK_FILE else self.path
+        return DocvalError(f"{where} is in use by another docval-sft {self.what} ({who}); wait for it to "
                            "finish or choose another output directory")
 
     def _stale_or_refuse(self) -> None:

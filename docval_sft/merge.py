@@ -10,13 +10,11 @@ from pathlib import Path
 
 from .errors import DocvalError
 from .inference import adapter_base_model, inference_dtype
-from .files import read_model_info, write_model_info
+from .files import RunLock, read_model_info, write_model_info
 
 
 def merge_adapter(model: str | None, adapter: Path, out: Path, *, dtype: str = "bfloat16") -> Path:
-    from peft import PeftModel
-
-    from .build import load_pretrained, load_processor, quiet_libraries
+    from .build import quiet_libraries
 
     quiet_libraries()
 
@@ -24,6 +22,19 @@ def merge_adapter(model: str | None, adapter: Path, out: Path, *, dtype: str = "
         raise DocvalError(f"--adapter {adapter} has no adapter_config.json (is it OUTPUT/final of a LoRA run?)")
     if out.exists() and any(out.iterdir()):
         raise DocvalError(f"--out {out} is not empty; choose a new directory")
+    # One merge per --out: both would write OUT.partial. The lock file sits beside OUT (OUT appears only at the end).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with RunLock(out.parent, "merge", name=f".{out.name}.merge.lock"):
+        if out.exists() and any(out.iterdir()):  # written by a merge that finished since the check above
+            raise DocvalError(f"--out {out} is not empty; choose a new directory")
+        return _merge(model, adapter, out, dtype)
+
+
+def _merge(model: str | None, adapter: Path, out: Path, dtype: str) -> Path:
+    from peft import PeftModel
+
+    from .build import load_pretrained, load_processor
+
     info = read_model_info(adapter)
     base = model or adapter_base_model(adapter)
     net = load_pretrained(base, dtype=inference_dtype(dtype, use_cpu=True))

@@ -21,6 +21,13 @@ from collections.abc import Iterable, Sequence
 
 MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
+# Metrics logged by --eval-generate at each evaluation as "eval_<name>" (any may be metric_for_best_model); each is
+# the evaluation summary field of the same name, with the same meaning. Defined here, below both build (which checks
+# metric_for_best_model) and evaluate (which computes them).
+GENERATION_METRICS = ("anls_standard", "anls_lenient", "iou", "map_50_95", "acc_iou_50", "cot_compliance")
+# Names that meant something under an earlier release: eval_anls was the standard ANLS.
+RENAMED_METRICS = {"anls": "anls_standard"}
+
 
 def levenshtein(a: str, b: str) -> int:
     """Edit distance (insertions, deletions, substitutions) between two strings, by code point."""

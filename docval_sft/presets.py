@@ -98,7 +98,7 @@ class Preset:
     metric_for_best_model: str = _f("eval_loss", "Metric that picks the best checkpoint.")
     early_stopping_patience: int = _f(3, "Stop after N evaluations without improvement (0: never).")
     eval_generate: int = _f(0, "At each evaluation also generate for N fixed validation records and log "
-                               "eval_anls / eval_iou / eval_map_50_95 / eval_cot_compliance (0: off).")
+                               "eval_anls_standard / eval_iou / eval_map_50_95 / eval_cot_compliance ... (0: off).")
     generation_max_new_tokens: int = _f(1024, "Token limit of --eval-generate generations.")
 
     def with_overrides(self, overrides: dict[str, Any], *, source: str = "override",

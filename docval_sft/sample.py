@@ -31,7 +31,7 @@ class SampleResult:
         return iou(self.bbox, self.record.bbox_pred) if self.record else None
 
     @property
-    def teacher_anls(self) -> float | None:
+    def teacher_anls_standard(self) -> float | None:
         return anls(self.parsed.answer, self.record.answer_pred) if self.record else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -44,7 +44,7 @@ class SampleResult:
         if self.record is not None:
             out.update(image_id=self.record.image_id, teacher_answer=self.record.answer_pred,
                        teacher_bbox=list(self.record.bbox_pred), teacher_iou=self.teacher_iou,
-                       teacher_anls=self.teacher_anls)
+                       teacher_anls_standard=self.teacher_anls_standard)
         return out
 
 

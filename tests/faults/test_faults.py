@@ -252,3 +252,22 @@ def test_kill_9_before_any_checkpoint_resume_says_to_start_again(demo, tmp_path:
     assert "has no complete checkpoint to resume from (skipped checkpoint-2: " in line
     assert "start it again with the same `docval-sft train` command" in line
     assert cli(*train_args(demo, out, *STEPS)).returncode == 0  # the same command, no --overwrite
+
+
+def test_evaluate_and_merge_refuse_a_directory_another_process_writes(demo, trained_run: Path, tmp_path: Path) -> None:
+    """The lock is held here, by this test's process (a live holder on this host), as a concurrent run would."""
+    from docval_sft.files import RunLock
+
+    d = demo.data
+    evaluation = tmp_path / "eval"
+    with RunLock(evaluation, "evaluation"):
+        refused = cli("evaluate", "--adapter", trained_run / "final", "--test-data", d.test, "--image-dir",
+                      d.image_dir, "--output-dir", evaluation, "--limit", "1", "--max-new-tokens", "4")
+    assert refused.returncode == 2
+    assert f"{evaluation} is in use by another docval-sft evaluation (pid {os.getpid()} on " in error_line(refused)
+    assert not (evaluation / "predictions.jsonl").exists()
+    merged = tmp_path / "merged"
+    with RunLock(tmp_path, "merge", name=".merged.merge.lock"):
+        refused = cli("merge", "--adapter", trained_run / "final", "--out", merged)
+    assert refused.returncode == 2 and "is in use by another docval-sft merge" in error_line(refused)
+    assert not merged.exists() and not (tmp_path / "merged.partial").exists()
