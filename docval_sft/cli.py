@@ -344,30 +344,37 @@ def resume_cmd(
         typer.echo(f"done: {result.global_step} steps; adapter and processor in {result.final_dir}")
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON/YAML data: the plan holds PEFT/transformers enums (``PeftType.LORA``), and configs
+    may hold sets, tuples and paths, which ``yaml.safe_dump`` refuses and ``json.dumps`` would print inconsistently."""
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v) for v in value), key=str)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    for kind in (bool, int, float, str):  # bool first: it is an int; subclasses become the base type
+        if isinstance(value, kind):
+            return kind(value)
+    if value is None:
+        return None
+    return str(value)  # Path, torch.dtype, ...: their printed form is what a user would write
+
+
 def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
+    plan = _plain(plan)
     if as_json:
-        typer.echo(json.dumps(plan, ensure_ascii=False, default=str))
+        typer.echo(json.dumps(plan, ensure_ascii=False))
         return
-    import yaml
     from rich.console import Console
 
-    from .console import print_validation_dict
+    from .console import print_plan
 
-    console = Console()
-    console.rule(f"resolved configuration (preset {plan['base_preset']})")
-    console.print(yaml.safe_dump({"overrides": plan["overrides"], "preset": plan["preset"], "run": plan["run"]},
-                                 sort_keys=False), highlight=False, markup=False)
-    console.rule("SFTConfig / LoraConfig / BitsAndBytesConfig")
-    console.print(yaml.safe_dump({"sft_config": plan["sft_config"], "lora_config": plan["lora_config"],
-                                  "quantization_config": plan["quantization_config"]},
-                                 sort_keys=False, default_flow_style=None), highlight=False, markup=False)
-    print_validation_dict(plan["data"], console)
-    s = plan["step_plan"]
-    console.rule("step plan")
-    console.print(f"{s['n_records']} training records, {s['world_size']} process(es), {s['samples_per_step']} samples "
-                  f"per optimizer step -> {s['steps_per_epoch']} steps per epoch, {s['total_steps']} steps in total")
-    for note in plan["notes"]:
-        console.print(f"[yellow]note:[/yellow] {note}")
+    print_plan(plan, Console())
 
 
 # ---------------------------------------------------------------- look at samples and students

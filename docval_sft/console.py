@@ -157,3 +157,30 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def print_plan(plan: dict[str, Any], console: Console) -> None:
+    """The ``train --dry-run`` plan (plain data): the resolved configuration and the library configs as YAML that
+    ``yaml.safe_load`` reads back, the data report, the step plan and notes."""
+    import yaml
+
+    def dump(data: dict[str, Any]) -> None:
+        # One line per value at any width (issue 15): PyYAML folds long scalars at 80 columns, and rich's print
+        # wraps at the terminal width, which breaks flow lists and quoted strings into invalid YAML.
+        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=float("inf"), allow_unicode=True)
+        console.out(text, end="", highlight=False)  # no markup, emoji codes or wrapping
+
+    console.rule(f"resolved configuration (preset {plan['base_preset']})")
+    dump({"overrides": plan["overrides"], "preset": plan["preset"], "run": plan["run"]})
+    console.rule("SFTConfig / LoraConfig / BitsAndBytesConfig")
+    dump({"sft_config": plan["sft_config"], "lora_config": plan["lora_config"],
+          "quantization_config": plan["quantization_config"]})
+    console.rule("data")  # also ends the YAML above for whoever copies it
+    print_validation_dict(plan["data"], console)
+    s = plan["step_plan"]
+    console.rule("step plan")
+    console.print(f"{s['n_records']} training records, {s['world_size']} process(es), {s['samples_per_step']} samples "
+                  f"per optimizer step -> {s['steps_per_epoch']} steps per epoch, {s['total_steps']} steps in total")
+    for note in plan["notes"]:  # a note quotes paths and errors: never read it as markup
+        console.print("[yellow]note:[/yellow] ", end="")
+        console.print(note, markup=False, highlight=False)
