@@ -298,13 +298,16 @@ def trainer_class() -> type:
             if self.args.train_sampling_strategy == "group_by_length":
                 self._signature_columns = [*self._signature_columns, self.args.length_column_name]
 
-        def evaluate(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> dict[str, float]:
-            metrics = super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
-            if self.generation_eval is not None:
-                extra = {f"{metric_key_prefix}_{k}": v for k, v in self.generation_eval(self.model).items()}
-                self.log(extra)
-                metrics.update(extra)
-            return metrics
+        def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: Any = None,
+                            ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Any:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            if self.generation_eval is not None and description == "Evaluation":
+                # Merged here, before evaluate() logs the metrics and runs the callbacks: early stopping reads
+                # metric_for_best_model there (added after, it never saw it and silently switched itself off).
+                output.metrics.update({f"{metric_key_prefix}_{k}": v
+                                       for k, v in self.generation_eval(self.model).items()})
+            return output
 
         # ---- divergence: checked once per optimizer step, before optimizer.step()
 
