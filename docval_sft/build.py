@@ -183,10 +183,12 @@ def load_pretrained(source: str, **kwargs: Any) -> Any:
     """``AutoModelForImageTextToText.from_pretrained`` with a one-line error naming the model."""
     from transformers import AutoModelForImageTextToText
 
+    from safetensors import SafetensorError
+
     check_model_source(source)
     try:
         return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # a missing, truncated or foreign weights file
         raise DocvalError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from exc
 
 
@@ -332,8 +334,9 @@ def trainer_class() -> type:
                 raise Diverged(
                     f"training diverged at step {step}: the {what} is not finite, so the update was not applied and "
                     f"nothing was saved from it (no final/); the last checkpoint holds the last good weights. "
-                    f"Start again with a lower learning rate (--lr {self.args.learning_rate / 10:g}), keep gradient "
-                    "clipping on (max_grad_norm), check the images with `docval-sft validate-data`")
+                    f"Start again with a lower learning rate (this run: {self.args.learning_rate:g}; the guide: --lr "
+                    "1e-5), keep gradient clipping on (max_grad_norm), check the images with `docval-sft "
+                    "validate-data`")
             return grad_norm
 
         # ---- checkpoints: complete or ignored; full fine-tuning loads its own

@@ -16,8 +16,9 @@ import warnings
 # Library loggers whose repeated warnings are shown once per process (bitsandbytes' "MatMul8bitLt: inputs will be
 # cast ..." came once per forward pass: 112 lines in 2 steps).
 _ONCE_LOGGERS = ("bitsandbytes", "peft", "accelerate", "datasets")
-# Messages dropped entirely: bitsandbytes' optional CPU 4-bit kernel (it falls back to its own code without it).
-_DROPPED = ("Failed to load CPU gemm_4bit_forward",)
+# Messages dropped entirely: bitsandbytes' optional CPU 4-bit kernel (it falls back to its own code without it);
+# transformers' note that checkpoints saved within one second are rotated by step number (what we want anyway).
+_DROPPED = ("Failed to load CPU gemm_4bit_forward", "mtime may not be reliable on this filesystem")
 
 
 class OnceFilter(logging.Filter):

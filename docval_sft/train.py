@@ -35,7 +35,8 @@ LOG_FILE = "training.log"
 FINAL_DIR = "final"
 SKIPPED_FILE = "skipped.jsonl"
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # report_to name -> module that must be importable
-_ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, FINAL_DIR + ".partial", SKIPPED_FILE, "runs", "README.md")
+_ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, FINAL_DIR + ".partial", SKIPPED_FILE, "runs")
+MODEL_CARD = "README.md"  # TRL writes its model card into the run directory at the first save
 # What a start writes before the first checkpoint: a folder holding only these never trained a step worth keeping,
 # so `train` may start it again without --overwrite (a failed start must not block the rerun).
 _START_ARTIFACTS = (CONFIG_FILE, LOG_FILE, SKIPPED_FILE, "runs", LOCK_FILE, CONFIG_FILE + ".tmp")
@@ -270,10 +271,26 @@ def resume_run(target: Path, overrides: dict[str, Any] | None = None,
 # ---------------------------------------------------------------- the run
 
 
+def _is_model_card(path: Path) -> bool:
+    """TRL's model card (tagged generated_from_trainer), not a README of the user's."""
+    try:
+        return path.name == MODEL_CARD and path.is_file() and "generated_from_trainer" in path.read_text(
+            encoding="utf-8", errors="replace")[:2048]
+    except OSError:
+        return False
+
+
+def _run_artifact(child: Path) -> bool:
+    """A file or folder a run writes into its directory (removed by --overwrite, and only these)."""
+    return (child.name in _ARTIFACTS or child.name == CONFIG_FILE + ".tmp" or _is_model_card(child)
+            or checkpoints.step_of(child) is not None or child.name.startswith(checkpoints.INCOMPLETE_PREFIX))
+
+
 def restartable(output_dir: Path) -> bool:
     """The folder holds only what a start writes before its first checkpoint (or nothing): no trained state."""
     return output_dir.is_dir() and all(
         child.name in _START_ARTIFACTS or child.name.startswith(checkpoints.INCOMPLETE_PREFIX)
+        or _is_model_card(child)
         or (checkpoints.step_of(child) is not None and checkpoints.problem(child) is not None)
         for child in output_dir.iterdir())
 
@@ -313,8 +330,7 @@ def make_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
     artefacts (and only those)."""
     if not resume and output_dir.is_dir() and (overwrite or restartable(output_dir)):
         for child in output_dir.iterdir():
-            if child.name in _ARTIFACTS or child.name == CONFIG_FILE + ".tmp" or checkpoints.step_of(child) is not None \
-                    or child.name.startswith(checkpoints.INCOMPLETE_PREFIX):
+            if _run_artifact(child):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     output_dir.mkdir(parents=True, exist_ok=True)
 
