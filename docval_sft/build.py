@@ -75,8 +75,9 @@ def sft_config_kwargs(preset: Preset, output_dir: str, *, has_eval: bool, report
     metric = preset.metric_for_best_model.removeprefix("eval_")
     known = ("loss", "mean_token_accuracy", "entropy", *GENERATION_METRICS)
     if load_best and metric in RENAMED_METRICS:
-        raise DocvalError(f"metric_for_best_model {preset.metric_for_best_model!r} was renamed "
-                          f"eval_{RENAMED_METRICS[metric]} (docs/metrics.md)")
+        raise DocvalError(f"metric_for_best_model {preset.metric_for_best_model!r} is not a metric any more: it was "
+                          f"renamed eval_{RENAMED_METRICS[metric]} (the lenient one is eval_anls_lenient; "
+                          "docs/metrics.md)")
     if load_best and metric not in known:  # caught now, not at the first evaluation hours into the run
         raise DocvalError(f"metric_for_best_model {preset.metric_for_best_model!r} is not a metric; choose one of "
                           + ", ".join(f"eval_{m}" for m in known))

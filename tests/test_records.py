@@ -265,5 +265,6 @@ def test_evaluate_groups_per_dataset_by_the_dataset_field(tmp_path: Path) -> Non
     records = load_records(write(tmp_path, rows)).records
     scored = [score(r, render_target(r.cot_steps, r.answer_pred, r.bbox_pred), "pixel", (1000, 1000), 0.1)
               for r in records]
-    summary = summary_document(scored, seconds=None, info={})
-    assert {k: v["total_examples"] for k, v in summary["per_dataset"].items()} == {"cord": 1, "myinvoices": 2}
+    summary = summary_document(scored, model_path="m", test_data_path="t", run={})
+    assert {k: v["n"] for k, v in summary["per_dataset"].items()} == {"cord": 1, "myinvoices": 2}
+    assert {k: v["count"] for k, v in summary["dataset_metrics"].items()} == {"cord": 1, "myinvoices": 2}
