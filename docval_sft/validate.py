@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -231,11 +232,21 @@ def _inspect_range(bounds: tuple[int, int]) -> list[tuple[ImageInfo, TokenCount 
     return out
 
 
-def _one_thread() -> None:
+def _start_worker(parent: int) -> None:
     """In each worker, as torch's DataLoader workers do: one intra-op thread (workers are the parallelism, and an
-    OpenMP pool inherited through fork must not be used)."""
+    OpenMP pool inherited through fork must not be used). Ctrl-C is the main process's to handle (it stops the pool);
+    and a worker dies with the main process, so a SIGTERM to it alone leaves no orphan writing into a closed pipe
+    (a BrokenPipeError traceback per worker)."""
+    import signal
     import sys
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the main process died before the line above
+            os._exit(1)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
 
@@ -248,7 +259,7 @@ def _inspect_in_workers(found: list[tuple[PhaseARecord, Path]], counter: TokenCo
         return
     _FORK_STATE = (found, counter)
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_start_worker, initargs=(os.getpid(),)) as pool:
             ranges = [(i, min(i + _CHUNK, len(found))) for i in range(0, len(found), _CHUNK)]
             for results in pool.imap(_inspect_range, ranges):
                 for result in results:

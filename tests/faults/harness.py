@@ -8,6 +8,9 @@ FAULT is one of
   signal-in-save:N:SIG    send SIG to this process at the same moment (a second signal after a first one)
   kill-in-final           SIGKILL while final/ is being written (after the weights, before the model info)
   enospc-in-save:N        the save of checkpoint-N fails as a full disk does (torch's "iostream error")
+  signal-in-validation:SIG:WHO
+                          send SIG while worker processes check the records (after their first results), to this
+                          process only (WHO=parent) or to its whole process group (WHO=group, as a terminal does)
 The patches touch transformers' Trainer internals on purpose: the moments they name are inside it.
 """
 
@@ -50,6 +53,20 @@ def main() -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
         _at_step(int(spec), full)
+    elif kind == "signal-in-validation":
+        import docval_sft.validate
+
+        name, who = spec.split(":")
+        original = docval_sft.validate._inspect_in_workers
+
+        def interrupted(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            for n, result in enumerate(original(*a, **k)):
+                if n == 1:
+                    sig = getattr(signal, name)
+                    os.killpg(os.getpgid(0), sig) if who == "group" else os.kill(os.getpid(), sig)
+                yield result
+
+        docval_sft.validate._inspect_in_workers = interrupted
     elif kind == "kill-in-final":
         import docval_sft.train
 

@@ -271,3 +271,30 @@ def test_evaluate_and_merge_refuse_a_directory_another_process_writes(demo, trai
         refused = cli("merge", "--adapter", trained_run / "final", "--out", merged)
     assert refused.returncode == 2 and "is in use by another docval-sft merge" in error_line(refused)
     assert not merged.exists() and not (tmp_path / "merged.partial").exists()
+
+
+@pytest.mark.parametrize(("sig", "who"), [("SIGINT", "group"), ("SIGTERM", "parent")])
+def test_signal_while_workers_check_the_records_is_quiet_and_leaves_no_worker(demo, tmp_path: Path, sig: str,
+                                                                              who: str) -> None:
+    """Ctrl-C (the whole process group) or a SIGTERM to the main process only, while 2 forked workers decode pages
+    and count tokens: no worker traceback (KeyboardInterrupt, BrokenPipeError), no orphaned worker left running."""
+    d = demo.data
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps(json.loads(d.train.read_text()) * 3))  # enough chunks that workers are mid-task
+    proc = subprocess.Popen(
+        [sys.executable, str(HARNESS), f"signal-in-validation:{sig}:{who}", "--", "validate-data", "--train-data",
+         str(many), "--image-dir", str(d.image_dir), "--model", str(demo.model_dir), "--workers", "2"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, err = proc.communicate(timeout=600)
+    signum = getattr(signal, sig)
+    assert proc.returncode in (128 + signum, -signum), (proc.returncode, err[-3000:])
+    assert "Traceback" not in err and "Error" not in err, err[-3000:]
+    assert len(err.strip().splitlines()) <= 1, err[-3000:]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the group is empty once every worker has gone
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    pytest.fail("a validation worker outlived the interrupted command")
