@@ -223,7 +223,8 @@ def test_weights_benchmark_counts_what_load_model_keeps_resident() -> None:
     assert int8["bfloat16"] == 2 * counts["lm_embedding"] + scale
     assert int8["int8"] > 0 and int8["int8_scales_float32"] > 0
     assert rows["a100"]["trainable_params"] == rows["3090-8bit"]["trainable_params"] > 0
-    assert rows["3090-8bit"]["weights_gib"] < rows["a100"]["weights_gib"] or rows["a100"]["weights_gib"] == 0
+    # In bytes: the GiB figures of the tiny model both round to 0.
+    assert sum(int8.values()) < sum(a100.values())
 
 
 def test_activations_benchmark_sees_checkpointing_and_dropout() -> None:

@@ -172,3 +172,37 @@ def test_norm1000_training_records_its_format_and_an_8bit_adapter_merges(demo, t
 
     student = load_student(None, out)
     assert student.bbox_format == "norm1000" and student.model.dtype == torch.float32
+
+
+def test_sample_of_a_parsable_norm1000_output_draws_the_student_box_in_pixels(trained_run: Path, demo,
+                                                                              tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The branch a model that learned takes: the output parses, its 0-1000 box is converted back to the page's
+    pixels (x over the width, y over the height, by hand here) and drawn in the student's colour on the PNG."""
+    import shutil
+
+    import docval_sft.sample
+    from docval_sft.annotate import PREDICTION
+
+    final = tmp_path / "final"
+    shutil.copytree(trained_run / "final", final)
+    info = json.loads((final / "docval_sft.json").read_text())
+    (final / "docval_sft.json").write_text(json.dumps({**info, "bbox_format": "norm1000"}))
+    record = load_records(demo.data.test).records[0]
+    steps = [f"reasoning {n}" for n in range(1, 8)]
+    monkeypatch.setattr(docval_sft.sample, "generate",
+                        lambda *a, **k: [render_target(steps, record.answer_pred, [100, 250, 600, 500])])
+    png = tmp_path / "sample.png"
+    result = runner.invoke(app, ["sample", "--adapter", str(final), "--data", str(demo.data.test), "--image-dir",
+                                 str(demo.data.image_dir), "--index", "0", "--out", str(png), "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    image = Image.open(png).convert("RGB")
+    with Image.open(next(demo.data.image_dir.rglob(record.image_file))) as page:
+        width, height = page.size
+    assert facts["parsable"] is True and facts["answer"] == record.answer_pred and facts["steps"] == steps
+    assert facts["bbox"] == pytest.approx([0.1 * width, 0.25 * height, 0.6 * width, 0.5 * height], abs=1e-6)
+    assert facts["teacher_anls_standard"] == 1.0
+    x1, y1, x2, y2 = (round(v) for v in facts["bbox"])
+    left_edge = {image.getpixel((x, y)) for x in range(max(0, x1 - 10), x1 + 1) for y in range(y1 + 2, y2 - 2)}
+    assert PREDICTION in left_edge  # the student's outline, just outside its box

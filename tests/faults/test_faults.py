@@ -139,7 +139,8 @@ def test_nan_loss_stops_before_anything_is_saved_from_it(demo, tmp_path: Path) -
 def test_two_writers_into_one_run_directory(demo, tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "docval_sft",
-                              *train_args(demo, out, "--max-steps", "30", "--save-steps", "100", "--seed", "42")],
+                              *train_args(demo, out, "--max-steps", "100000", "--save-steps", "100000", "--seed",
+                                          "42")],
                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = out / ".docval.lock"
@@ -151,8 +152,11 @@ def test_two_writers_into_one_run_directory(demo, tmp_path: Path) -> None:
         assert second.returncode == 2
         line = error_line(second)
         assert f"{out} is in use by another docval-sft training run (pid {first.pid} on " in line
+        # The first run was still training when it was refused (however slow this machine): stop it as a user would.
+        assert first.poll() is None
+        first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=600)
-        assert first.returncode == 0, stderr[-3000:]
+        assert first.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     finally:
         first.kill()
     assert json.loads((out / "training_config.json").read_text())["preset"]["seed"] == 42
@@ -298,3 +302,23 @@ def test_signal_while_workers_check_the_records_is_quiet_and_leaves_no_worker(de
             return
         time.sleep(0.2)
     pytest.fail("a validation worker outlived the interrupted command")
+
+
+def test_evaluate_resume_refuses_another_test_file_or_setting_and_keeps_its_rows(demo, trained_run: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Item 4: resuming an evaluation with another test file or generation limit once mixed predictions (rows matched
+    by index). Each is refused in one line naming what differs; the same command then resumes without duplicates."""
+    d = demo.data
+    out = tmp_path / "eval"
+    common = ("--adapter", trained_run / "final", "--image-dir", d.image_dir, "--output-dir", out, "--limit", "2")
+    first = cli("evaluate", "--test-data", d.test, "--max-new-tokens", "4", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = (out / "predictions.jsonl").read_text().splitlines()
+    for other in (("--test-data", d.val, "--max-new-tokens", "4"), ("--test-data", d.test, "--max-new-tokens", "8")):
+        refused = cli("evaluate", *other, *common, "--resume")
+        assert refused.returncode == 2
+        assert ("test_data" in error_line(refused)) if other[1] == d.val else ("max_new_tokens" in error_line(refused))
+    assert (out / "predictions.jsonl").read_text().splitlines() == rows
+    again = cli("evaluate", "--test-data", d.test, "--max-new-tokens", "4", *common, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted((out / "predictions.jsonl").read_text().splitlines()) == sorted(rows)
