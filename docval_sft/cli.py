@@ -537,6 +537,31 @@ def evaluate_cmd(
         print_evaluation(result, console)
 
 
+# ---------------------------------------------------------------- doctor / quickstart (issue 18)
+
+
+@command("doctor")
+def doctor_cmd(
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Check model access and disk for this preset (default: the one recommended here).")] = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where the run would write (free disk is measured there).")] = Path("."),
+    as_json: JsonOut = False,
+) -> None:
+    """Can training start here? Libraries, torch build, GPUs, attention, bitsandbytes, model access, disk, presets."""
+    from .doctor import diagnose, print_diagnosis, probe
+    from .presets import get_preset
+
+    if preset is not None:
+        get_preset(preset)  # an unknown name is a one-line error before any probing
+    machine = probe(preset, output_dir)
+    result = diagnose(machine, preset)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        print_diagnosis(result, _console(False))
+    if not result.can_start:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     from .quiet import hide_bitsandbytes
 
