@@ -131,12 +131,20 @@ class Diagnosis:
     fits: list[Fit]
     can_start: bool
     verdict: str
+    machine: Machine | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        machine = None
+        if self.machine is not None:
+            machine = dataclasses.asdict(dataclasses.replace(self.machine, shape=None))
+            machine["gpus"] = [{**g, "memory_gb": round(g["memory_bytes"] / 1e9, 1)} for g in machine["gpus"]]
+            machine["model_params"] = self.machine.shape.params if self.machine.shape else None
+            del machine["shape"]
+            machine["locked"] = {k: v for k, v in machine["locked"].items() if k in machine["versions"]}
         return {"can_start": self.can_start, "verdict": self.verdict, "preset": self.preset,
                 "recommended_preset": self.recommended,
                 "checks": [dataclasses.asdict(f) for f in self.findings],
-                "presets": [dataclasses.asdict(f) for f in self.fits]}
+                "presets": [dataclasses.asdict(f) for f in self.fits], "machine": machine}
 
 
 # ---------------------------------------------------------------- probing this machine (the only impure part)
@@ -377,7 +385,7 @@ def check_packages(m: Machine) -> list[Finding]:
         out.append(Finding("lock", "warn", "not the tested versions of " + m.lock_file + ": " + ", ".join(off_lock),
                            "pip install -r requirements/lock.txt (make install), or keep them and run make test"))
     shown = ", ".join(f"{n} {m.versions[n]}" for n in KEY_PACKAGES if m.versions.get(n))
-    basis = f"as {Path(m.lock_file).name} pins them" if m.locked and not off_lock else "within docval-sft's ranges"
+    basis = "as requirements/lock.txt pins them" if m.locked and not off_lock else "within docval-sft's ranges"
     if not any(f.status == "fail" for f in out):
         out.insert(0, Finding("libraries", "ok", f"{shown} ({basis})"))
     return out
@@ -623,7 +631,7 @@ def diagnose(m: Machine, preset_name: str | None = None) -> Diagnosis:
         verdict = f"the {chosen} preset cannot start here: {why}"
         if others:
             verdict += f"; presets that fit this machine: {', '.join(others)}"
-    return Diagnosis(chosen, recommended, findings, fits, can_start, verdict)
+    return Diagnosis(chosen, recommended, findings, fits, can_start, verdict, m)
 
 
 # ---------------------------------------------------------------- printing

@@ -301,13 +301,15 @@ def show_model_access(console: Any, model: str) -> None:
     hub = doctor.probe_hub(model)
     if hub.local_dir:
         return
-    for finding in doctor.check_hub(doctor.Machine(python="", hub=hub)):
-        colour = {"ok": "green", "warn": "yellow", "fail": "red"}.get(finding.status, "blue")
-        fix = f" -> fix: {finding.fix}" if finding.fix and finding.status != "ok" else ""
-        console.print(f"[{colour}]{finding.status}[/{colour}] {finding.text}{fix}", highlight=False)
     if not hub.token and not hub.cached:
         console.print("Gemma models are gated: accept the licence on the model's page and log in (`hf auth login` "
                       "or export HF_TOKEN) before training.", highlight=False)
+    for finding in doctor.check_hub(doctor.Machine(python="", hub=hub)):
+        if finding.status == "fail":  # training would stop at the model load, after run.yaml: stop here instead
+            raise DocvalError(f"{finding.text}: {finding.fix}")
+        colour = {"ok": "green", "warn": "yellow"}.get(finding.status, "blue")
+        fix = f" -> fix: {finding.fix}" if finding.fix and finding.status != "ok" else ""
+        console.print(f"[{colour}]{finding.status}[/{colour}] {finding.text}{fix}", highlight=False)
 
 
 def show_settings(console: Any, run: Any) -> None:
@@ -347,6 +349,12 @@ def show_plan(console: Any, run: Any) -> None:
     s = plan["step_plan"]
     console.print(f"{s['n_records']} training records, {s['samples_per_step']} samples per optimizer step -> "
                   f"{s['steps_per_epoch']} steps per epoch, {s['total_steps']} steps in total", highlight=False)
+    from .doctor import gpu_memory_needed_gb
+
+    if not run.preset.use_cpu:
+        need, source = gpu_memory_needed_gb(run.preset)
+        if need is not None:
+            console.print(f"GPU memory: about {need:g} GB per GPU ({source})", highlight=False)
     for note in plan["notes"]:
         console.print("[yellow]note:[/yellow] ", end="")
         console.print(note, markup=False, highlight=False)

@@ -230,3 +230,22 @@ def test_file_search_and_image_root_detection(work: Path) -> None:
     (guide / "D3_train.json").write_text((work / "demo-out" / "D3_train.json").read_text())
     root, hits, _ = detect_image_root(guide / "D3_train.json", guide)
     assert root == guide / "docval" / "data" / "cot_data" and hits == N_TRAIN
+
+
+def test_a_model_that_cannot_be_had_stops_before_anything_is_written() -> None:
+    """The guide's gated Gemma 3 offline and not cached: one line with the fix, before the last question."""
+    import io
+
+    from rich.console import Console
+
+    from docval_sft.errors import DocvalError
+    from docval_sft.quickstart import show_model_access
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache("google/gemma-3-12b-it", "config.json"), str):
+        pytest.skip("the model is in this machine's Hugging Face cache")
+    out = io.StringIO()
+    with pytest.raises(DocvalError, match="HF_HUB_OFFLINE is set.*unset HF_HUB_OFFLINE"):
+        show_model_access(Console(file=out, width=200), "google/gemma-3-12b-it")
+    assert "hf auth login" in out.getvalue()  # the guide's reminder comes first
