@@ -63,8 +63,17 @@ class Terminal:
                 self.seen = at + len(text)
                 return
             if self.closed or time.monotonic() > deadline:
+                self.kill()
                 raise AssertionError(f"{text!r} not shown; the screen ends with:\n{self.screen[-3000:]}")
             self._read(0.2)
+
+    def kill(self) -> None:
+        """A failed test leaves no child waiting at a prompt."""
+        try:
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
     def send(self, keys: str) -> None:
         os.write(self.fd, keys.encode())
@@ -75,8 +84,7 @@ class Terminal:
             self._read(0.2)  # keep draining: a full terminal buffer would block the child
         done, status = os.waitpid(self.pid, 0 if self.closed else os.WNOHANG)
         if not done:
-            os.kill(self.pid, 9)
-            os.waitpid(self.pid, 0)
+            self.kill()
             raise AssertionError(f"still running after {timeout} s:\n{self.screen[-3000:]}")
         os.close(self.fd)
         return os.waitstatus_to_exitcode(status)
