@@ -99,7 +99,8 @@ class Machine:
     gpus: tuple[Gpu, ...] = ()
     gpu_error: str = ""  # why a GPU build sees no GPU, when torch says
     mps: bool = False
-    flash_attn: str | None = None  # its version when importable
+    flash_attn: str | None = None  # its version when installed
+    flash_attn_error: str = ""  # why it does not import (a build for another torch or CUDA, typically)
     bnb_usable: bool = False
     bnb_detail: str = ""
     output_dir: str = "."
@@ -291,6 +292,16 @@ def probe_shape(model: str) -> ModelShape | None:
     return ModelShape(sum(p.numel() for p in net.parameters()), linear)
 
 
+def _import_error(module: str) -> str:
+    """Why ``module`` fails to import ("" if it imports): an installed wheel built for another torch or CUDA fails
+    only here, with an undefined symbol."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - ImportError, OSError from a shared library: all mean "unusable"
+        return _first_line(exc)
+    return ""
+
+
 def _find_lock() -> Path | None:
     path = Path(__file__).resolve().parent.parent / "requirements" / "lock.txt"
     return path if path.is_file() else None
@@ -313,6 +324,7 @@ def probe_hardware(output_dir: Path = Path(".")) -> Machine:
         gpus, gpu_error = _probe_gpus(torch)
         mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     flash = _version("flash-attn") if importlib.util.find_spec("flash_attn") is not None else None
+    flash_error = _import_error("flash_attn") if flash and gpus else ""
     # Without a GPU no 8-bit preset fits whatever bitsandbytes does, and importing it costs seconds: not probed.
     bnb_usable, bnb_detail = (probe_bitsandbytes("cuda:0") if gpus and versions.get("torch")
                               else (False, "not probed: the 8-bit preset needs a GPU"))
@@ -322,7 +334,7 @@ def probe_hardware(output_dir: Path = Path(".")) -> Machine:
     return Machine(
         python=platform.python_version(), requires_python=requires_python, versions=versions, required=required,
         locked=read_lock(lock) if lock else {}, lock_file=str(lock) if lock else None, torch_cuda=torch_cuda,
-        torch_hip=torch_hip, gpus=gpus, gpu_error=gpu_error, mps=mps, flash_attn=flash, bnb_usable=bnb_usable,
+        torch_hip=torch_hip, gpus=gpus, gpu_error=gpu_error, mps=mps, flash_attn=flash, flash_attn_error=flash_error, bnb_usable=bnb_usable,
         bnb_detail=bnb_detail, output_dir=str(output_dir), disk_free_bytes=shutil.disk_usage(probe_dir).free,
     )
 
@@ -429,7 +441,12 @@ def check_attention(m: Machine) -> list[Finding]:
     if not m.versions.get("torch"):
         return []
     out = [Finding("attention", "ok", "sdpa available (the presets' attention kernel)")]
-    if m.flash_attn:
+    if m.flash_attn and m.flash_attn_error:
+        out.append(Finding("flash-attn", "warn", f"flash-attn {m.flash_attn} is installed but does not import "
+                           f"({m.flash_attn_error}); --attn-implementation flash_attention_2 would fail",
+                           "pip install --force-reinstall --no-build-isolation flash-attn (built against this torch), "
+                           "or keep sdpa"))
+    elif m.flash_attn:
         usable = any(g.capability[:1].isdigit() and float(g.capability) >= 8.0 for g in m.gpus) and bool(m.torch_cuda)
         if usable:
             out.append(Finding("flash-attn", "ok", f"flash-attn {m.flash_attn} importable "

@@ -259,3 +259,16 @@ def test_importing_doctor_imports_neither_torch_nor_bitsandbytes() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_flash_attn_is_reported_by_what_it_does_here() -> None:
+    def flash(m: Machine) -> doctor.Finding:
+        return next(f for f in doctor.diagnose(m).findings if f.topic == "flash-attn")
+
+    assert flash(_gpu_machine(H100, flash_attn="2.8.3")).status == "ok"
+    broken = flash(_gpu_machine(H100, flash_attn="2.8.3", flash_attn_error="undefined symbol: _ZN3c10"))
+    assert broken.status == "warn" and "undefined symbol" in broken.text and broken.fix
+    assert flash(_gpu_machine(V100, flash_attn="2.8.3")).status == "note"  # compute 7.0: not supported
+    missing = flash(_machine())
+    assert missing.status == "note" and "not installed" in missing.text
+    assert doctor._import_error("json") == "" and "No module named" in doctor._import_error("no_such_module_x")
