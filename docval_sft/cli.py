@@ -537,6 +537,72 @@ def evaluate_cmd(
         print_evaluation(result, console)
 
 
+# ---------------------------------------------------------------- doctor / quickstart (issue 18)
+
+
+@command("doctor")
+def doctor_cmd(
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Check model access and disk for this preset (default: the one recommended here).")] = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where the run would write (free disk is measured there).")] = Path("."),
+    as_json: JsonOut = False,
+) -> None:
+    """Can training start here? Libraries, torch build, GPUs, attention, bitsandbytes, model access, disk, presets."""
+    from .doctor import diagnose, print_diagnosis, probe
+    from .presets import get_preset
+
+    if preset is not None:
+        get_preset(preset)  # an unknown name is a one-line error before any probing
+    machine = probe(preset, output_dir)
+    result = diagnose(machine, preset)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        print_diagnosis(result, _console(False))
+    if not result.can_start:
+        raise typer.Exit(1)
+
+
+@command("quickstart")
+def quickstart_cmd(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Accept every default without asking (for scripts).")] = False,
+    train_data: Annotated[Optional[Path], typer.Option("--train-data", help="Phase A training records (else found or asked).")] = None,
+    val_data: ValData = None,
+    image_dir: Annotated[Optional[Path], typer.Option("--image-dir", help="Image root (else detected or asked).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Preset (else the one recommended here, asked).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Run directory (else asked; default docval/models/student_b1).")] = None,
+    set_fields: SetFields = None,
+) -> None:
+    """The guide's Quick Start: find and check the data, pick a preset for this machine, confirm, write run.yaml, train."""
+    if not yes and not sys.stdin.isatty():
+        raise DocvalError("quickstart asks questions and needs a terminal; pass --yes to accept every default")
+    from .presets import coerce_fields, get_preset
+
+    if preset is not None:
+        get_preset(preset)
+    overrides = coerce_fields(_overrides({}, set_fields), source="--set")
+    from rich.console import Console
+
+    from .quickstart import ask_all, start
+
+    console = Console()
+    try:
+        chosen = ask_all(console, yes=yes, cwd=Path.cwd(), train_data=train_data, val_data=val_data,
+                         image_dir=image_dir, preset=preset, output_dir=output_dir, overrides=overrides)
+    except (KeyboardInterrupt, EOFError):
+        if _state["debug"]:
+            raise
+        typer.echo("\ncancelled: nothing written", err=True)
+        raise typer.Exit(130) from None
+    if chosen is None:
+        return
+    choices, run = chosen
+    result = start(choices, run, console)
+    if result.main_process:
+        typer.echo(f"done: {result.global_step} steps; {'adapter' if run.preset.use_lora else 'model'} and processor "
+                   f"in {result.final_dir}; repeat with: docval-sft train --config "
+                   f"{run.output_dir / 'run.yaml'} --overwrite")
+
+
 def main() -> None:
     from .quiet import hide_bitsandbytes
 

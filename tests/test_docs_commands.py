@@ -116,6 +116,8 @@ NOT_RUN: dict[str, str] = {
     "make demo": "installs the package (pip) and writes demo-out/ in the checkout; the suite runs its steps on the "
                  "session's demo data (conftest `trained_run`, tests/test_train.py)",
     "make test": "is this suite",
+    "docval-sft quickstart": "asks its questions at a terminal; tests/test_quickstart.py answers them through a "
+                             "pseudo-terminal to a finished demo run, and runs it with --yes",
     "accelerate launch --config_file examples/accelerate/ddp.yaml -m docval_sft train --preset a100 --grad-accum 4 "
     "...": "4 CUDA GPUs (distributed_type MULTI_GPU); tests/test_examples.py loads the config, tests/test_survive.py "
            "runs 2 CPU processes (gloo)",
@@ -356,10 +358,20 @@ def check_eval_generate(s: DocSession, form: str, r: Result) -> None:
     assert (run / "final" / "adapter_model.safetensors").is_file()
 
 
+def check_doctor(s: DocSession, form: str, r: Result) -> None:
+    # this CPU machine: no GPU, and the demo preset still trains (its model is built by make-demo-data)
+    if form == "human":
+        assert "no GPU" in r.stdout and "training can start with the demo preset" in " ".join(r.stdout.split())
+        return
+    report = _json(r)
+    assert report["can_start"] and report["recommended_preset"] == "demo"
+
+
 TRAIN_README = ("docval-sft train --preset a100 --train-data D3_train.json --val-data D4_val.json --image-dir "
                 "docval/data/cot_data --output-dir docval/models/student_b1")
 
 STEPS: list[Step] = [
+    Step("doctor", "docval-sft doctor", check=check_doctor),
     Step("validate-data", "docval-sft validate-data --train-data D3_train.json --val-data D4_val.json --image-dir "
          "docval/data/cot_data --model google/gemma-3-12b-it --max-length 8192 --workers 8", check=check_validate),
     Step("dry-run", TRAIN_README + " --dry-run", check=check_dry_run),
