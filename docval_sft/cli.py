@@ -537,6 +537,37 @@ def evaluate_cmd(
         print_evaluation(result, console)
 
 
+# --- Phase B2: verify, refine (docs/refine.md) -------------------------------------------------------------------
+
+def _verification_lines(summary: dict[str, Any]) -> list[str]:
+    def pct(v: Optional[float]) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    return [f"{summary['n']} outputs, {summary['n_errors']} errors: error rate {pct(summary['error_rate'])}",
+            f"  answer failures    {pct(summary['answer_failure_rate'])}",
+            f"  box failures       {pct(summary['box_failure_rate'])}",
+            f"  reasoning failures {pct(summary['reasoning_failure_rate'])}"]
+
+
+@command("verify")
+def verify_cmd(
+    predictions: Annotated[Path, typer.Option("--predictions", help="predictions.jsonl written by `evaluate`.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Phase A file whose OCR regions ground answers and boxes (default: the test file named in evaluation_run.json beside the predictions).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Where to write verification.jsonl (default: beside the predictions).")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Verify each output as DocVAL's Phase B2 does (answer, box, 7-step reasoning); write verification.jsonl."""
+    from .verify import verify_predictions
+
+    result = verify_predictions(predictions, data=data, output=output)
+    if as_json:
+        typer.echo(json.dumps({**result.summary, "output": str(result.output)}))
+        return
+    for line in _verification_lines(result.summary):
+        typer.echo(line)
+    typer.echo(f"wrote {result.output}")
+
+
 def main() -> None:
     from .quiet import hide_bitsandbytes
 
