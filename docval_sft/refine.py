@@ -274,11 +274,11 @@ def refine(adapter: Path, data: Path, eval_data: Path, image_dir: Path, output_d
             raise DocvalError(f"{flag} {path}: no such file")
     adapter_dir, lora, base, _ = resolve_student(None, adapter)
     assert adapter_dir is not None
-    header = _header(config, adapter, data, eval_data, image_dir)
-    _check_output_dir(out, header, resume)
     if _same_file(data, eval_data):
         say(f"warning: --eval-data {eval_data} is the same data as --data: the error rate is measured on the "
             "records trained on, so it overstates the gain (the DocVAL guide did this; keep a held-out file)")
+    header = _header(config, adapter, data, eval_data, image_dir)
+    _check_output_dir(out, header, resume)
     pool = prepare_split("data", data, image_dir)
     held = prepare_split("eval", eval_data, image_dir)
     for flag, split in (("--data", pool), ("--eval-data", held)):
