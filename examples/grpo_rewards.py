@@ -6,9 +6,11 @@ The same script on a real student: the Gemma 3 base (or a merged B1 model) inste
 config from a preset (build_lora_config), bf16 on a GPU, many more steps, and reward_weights to taste.
 """
 
+import json
 import sys
 from pathlib import Path
 
+from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from docval_sft.build import build_lora_config, load_pretrained, load_processor
@@ -25,15 +27,16 @@ dataset = grpo_dataset(split.records, split.image_paths, sizes, bbox_format="pix
 
 args = GRPOConfig(
     output_dir=str(demo / "grpo-run"), max_steps=2, per_device_train_batch_size=2, num_generations=2,
-    max_completion_length=16, learning_rate=1e-4, logging_steps=1, use_cpu=True, bf16=False, report_to="none",
-    save_strategy="no", disable_tqdm=True, seed=0,
+    max_completion_length=8, learning_rate=1e-4, logging_steps=1, use_cpu=True, bf16=False, report_to="none",
+    gradient_checkpointing=False, save_strategy="no", disable_tqdm=True, seed=0,
 )
 trainer = GRPOTrainer(
     model=load_pretrained(str(model_dir), dtype="float32"), reward_funcs=list(REWARD_FUNCS), args=args,
     train_dataset=dataset, processing_class=load_processor(str(model_dir)),
     peft_config=build_lora_config(get_preset("demo")),
 )
+trainer.remove_callback(PrinterCallback)  # its raw dicts; the rewards are printed below
 trainer.train()
 for entry in trainer.state.log_history:
     if "reward" in entry:
-        print({k: round(v, 4) for k, v in entry.items() if k == "reward" or k.startswith("rewards/")})
+        print(json.dumps({k: round(v, 4) for k, v in entry.items() if k == "reward" or k.startswith("rewards/")}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def test_grpo_example_runs_two_steps_on_the_tiny_model(demo) -> None:
     done = subprocess.run([sys.executable, str(example), str(demo.data.root)], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    logged = [eval(line) for line in done.stdout.splitlines() if line.startswith("{'reward'")]  # noqa: S307
+    logged = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"rewards/')]
     assert len(logged) == 2  # one log per step
     for entry in logged:
         for name in ("iou_reward", "anls_reward", "format_reward", "box_in_page_reward"):
