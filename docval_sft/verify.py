@@ -155,7 +155,8 @@ def verify_output(text: str | None, *, answers: Sequence[str], boxes: Sequence[B
     written_box = parsed.bbox  # as the output wrote it: step 7 must repeat these numbers
     if bbox_format != "pixel" and image_size is None:
         raise ValueError(f"bbox_format={bbox_format!r} needs the image size")
-    pixel_box = box_to_pixels(written_box, bbox_format, image_size) if written_box is not None else None  # type: ignore[arg-type]
+    pixel_box = (box_to_pixels(written_box, bbox_format, image_size)  # type: ignore[arg-type]
+                 if written_box is not None else None)
     regions = list(regions or ())
     answer = parsed.answer
     references = [a for a in answers if a is not None]
@@ -199,9 +200,9 @@ def verify_row(row: dict[str, Any], regions: Sequence[Region] | None = None, *, 
     """verification.jsonl's row for one predictions.jsonl row (evaluate's layout)."""
     answers = [row["teacher_answer"], *(row.get("gold_answers") or [])]
     boxes = [row["teacher_bbox"], *([row["gold_bbox"]] if row.get("gold_bbox") else [])]
-    size = tuple(row["image_size"]) if row.get("image_size") else None
+    size = (row["image_size"][0], row["image_size"][1]) if row.get("image_size") else None
     v = verify_output(row.get("raw_output"), answers=answers, boxes=boxes, regions=regions, bbox_format=bbox_format,
-                      image_size=size, answer_threshold=answer_threshold, iou_threshold=iou_threshold)  # type: ignore[arg-type]
+                      image_size=size, answer_threshold=answer_threshold, iou_threshold=iou_threshold)
     out = {"index": row["index"], "image_id": row["image_id"], "question": row["question"], "correct": v.correct,
            **{k: val for k, val in asdict(v).items() if k != "reasoning_issues"},
            "reasoning_issues": list(v.reasoning_issues), "severity": v.severity,
@@ -265,7 +266,8 @@ class VerifyResult:
 
 
 def verify_predictions(predictions: Path, *, data: Path | None = None, output: Path | None = None,
-                       answer_threshold: float = ANSWER_THRESHOLD, iou_threshold: float = IOU_THRESHOLD) -> VerifyResult:
+                       answer_threshold: float = ANSWER_THRESHOLD,
+                       iou_threshold: float = IOU_THRESHOLD) -> VerifyResult:
     """Verify every row of an evaluation's predictions.jsonl and write verification.jsonl beside it (or to
     ``output``). Regions come from ``data``, else from the test file named in evaluation_run.json beside the
     predictions (when it is still there); the box format from that file too (pixel without it)."""

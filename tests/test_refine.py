@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from docval_sft.cli import app
 from docval_sft.refine import RefineConfig, correction_prompt
-from docval_sft.verify import read_jsonl, verify_row
+from docval_sft.verify import read_jsonl, summarise, verify_row
 
 
 def _args(demo, adapter: Path, out: Path, *extra: str) -> list[str]:
@@ -78,6 +78,12 @@ def test_refine_log_rates_are_those_of_verification_jsonl(refined: tuple[Path, s
             errors = sum(not r["correct"] for r in pool)
             assert f"pool error rate {_pct(_rates(pool)[0])} ({errors}/4), {min(2, errors)} corrections, 2 steps" \
                 in line
+    for n in (0, 1, 2):  # the figures of iteration.json are those of the files, pool and eval apart
+        it = json.loads((out / f"iter_{n}" / "iteration.json").read_text())
+        assert it["eval"] == summarise(read_jsonl(out / f"iter_{n}" / "eval_verification.jsonl"))
+        if n:
+            assert it["pool"] == summarise(read_jsonl(out / f"iter_{n}" / "verification.jsonl"))
+            assert it["n_corrections"] == len(read_jsonl(out / f"iter_{n}" / "corrections.jsonl"))
     best = min((0, 1, 2), key=lambda n: (_rates(read_jsonl(out / f"iter_{n}" / "eval_verification.jsonl"))[0], n))
     assert log[-1].startswith(f"final/ = iteration {best} ")
 

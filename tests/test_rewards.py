@@ -23,8 +23,8 @@ def conv(text: str) -> list[dict]:
 
 def test_completion_text_reads_every_shape_trl_hands_over() -> None:
     assert completion_text("x") == "x" and completion_text(conv("y")) == "y"
-    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"},
-                                                              {"type": "image"}, {"type": "text", "text": "b"}]}]) == "ab"
+    parts = [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]
+    assert completion_text([{"role": "assistant", "content": parts}]) == "ab"
 
 
 def test_iou_reward_in_pixels_and_from_a_grid_format() -> None:
