@@ -344,12 +344,13 @@ def refine(adapter: Path, data: Path, eval_data: Path, image_dir: Path, output_d
                     [h["train_loss"] for h in trained.log_history if "train_loss" in h]
                 rows = _generate_and_verify(students, trained.final_dir, held, d / "eval", d / EVAL_VERIFICATION,
                                             eval_regions, config, config.eval_limit)
-                it = {"iteration": n, "adapter": str(trained.final_dir), "trained_from": str(current),
+                # paths of iterations relative to OUT: a resume may run from another working directory
+                it = {"iteration": n, "adapter": f"iter_{n}/final", "trained_from": str(adapter) if n == 1 else f"iter_{n - 1}/final",
                       "pool": summarise(_read_rows(d / "verification.jsonl")), "n_corrections": len(corrections),
                       "train_steps": trained.global_step, "train_loss": round(losses[-1], 4) if losses else None,
                       "eval": summarise(rows)}
             finish(n, it)
-            current = Path(it["adapter"])
+            current = _adapter(out, it, adapter)
             gain = iterations[-2]["eval"]["error_rate"] - it["eval"]["error_rate"]
             if gain < config.min_improvement:
                 stopped = (f"eval error rate fell by {100 * gain:.1f} points at iteration {n}, less than "
@@ -361,7 +362,7 @@ def refine(adapter: Path, data: Path, eval_data: Path, image_dir: Path, output_d
         partial = out / "final.partial"
         if partial.exists():
             shutil.rmtree(partial)
-        shutil.copytree(Path(best["adapter"]), partial)
+        shutil.copytree(_adapter(out, best, adapter), partial)
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
@@ -371,6 +372,11 @@ def refine(adapter: Path, data: Path, eval_data: Path, image_dir: Path, output_d
             say(line)
         write_text_atomic(out / LOG_FILE, "\n".join(log) + "\n")
         return RefineResult(out, iterations, best["iteration"], stopped, log)
+
+
+def _adapter(out: Path, it: dict[str, Any], b1: Path) -> Path:
+    """Where an iteration's adapter is: the B1 student (--adapter) for iteration 0, a later one under OUT."""
+    return b1 if it["iteration"] == 0 else out / it["adapter"]
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
