@@ -210,6 +210,14 @@ def load_model(preset: Preset) -> Any:
     return prepare_quantized(model, preset) if quantization is not None else model
 
 
+def load_trainable_adapter(model: Any, adapter_dir: Path) -> Any:
+    """``model`` with a saved LoRA adapter attached, trainable: training continues that adapter (``refine`` trains
+    each iteration on top of the previous one) instead of starting a new one."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+
+
 def prepare_quantized(model: Any, preset: Preset) -> Any:
     """PEFT's k-bit preparation of a freshly loaded quantized model, minus its float32 copy of the embedding."""
     import torch
@@ -381,6 +389,12 @@ def trainer_class() -> type:
     return DocvalTrainer
 
 
+def _has_adapter(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
 def build_trainer(preset: Preset, model: Any, processor: Any, train_dataset: Any, eval_dataset: Any,
                   output_dir: str, *, report_to: list[str], callbacks: list[Any] | None = None,
                   generation_eval: Any = None) -> Any:
@@ -400,7 +414,9 @@ def build_trainer(preset: Preset, model: Any, processor: Any, train_dataset: Any
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=preset.early_stopping_patience))
     trainer = trainer_class()(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        processing_class=processor, peft_config=build_lora_config(preset), callbacks=callbacks,
+        processing_class=processor, callbacks=callbacks,
+        # a model that already carries its adapter (load_trainable_adapter) trains it; TRL refuses a second one
+        peft_config=None if _has_adapter(model) else build_lora_config(preset),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; training.log and the progress bar replace it
     trainer.generation_eval = generation_eval

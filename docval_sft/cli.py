@@ -603,6 +603,73 @@ def quickstart_cmd(
                    f"{run.output_dir / 'run.yaml'} --overwrite")
 
 
+# --- Phase B2: verify, refine (docs/refine.md) -------------------------------------------------------------------
+
+def _verification_lines(summary: dict[str, Any]) -> list[str]:
+    def pct(v: Optional[float]) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    return [f"{summary['n']} outputs, {summary['n_errors']} errors: error rate {pct(summary['error_rate'])}",
+            f"  answer failures    {pct(summary['answer_failure_rate'])}",
+            f"  box failures       {pct(summary['box_failure_rate'])}",
+            f"  reasoning failures {pct(summary['reasoning_failure_rate'])}"]
+
+
+@command("verify")
+def verify_cmd(
+    predictions: Annotated[Path, typer.Option("--predictions", help="predictions.jsonl written by `evaluate`.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Phase A file whose OCR regions ground answers and boxes (default: the test file named in evaluation_run.json beside the predictions).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Where to write verification.jsonl (default: beside the predictions).")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Verify each output as DocVAL's Phase B2 does (answer, box, 7-step reasoning); write verification.jsonl."""
+    from .verify import verify_predictions
+
+    result = verify_predictions(predictions, data=data, output=output)
+    if as_json:
+        typer.echo(json.dumps({**result.summary, "output": str(result.output)}))
+        return
+    for line in _verification_lines(result.summary):
+        typer.echo(line)
+    typer.echo(f"wrote {result.output}")
+
+
+@command("refine")
+def refine_cmd(
+    adapter: Annotated[Path, typer.Option("--adapter", help="The B1 student: OUTPUT/final (LoRA adapter) or a merged model directory.")],
+    data: Annotated[Path, typer.Option("--data", help="Phase A records to generate on; its worst errors become the corrections.")],
+    eval_data: Annotated[Path, typer.Option("--eval-data", help="Held-out Phase A records: the error rate is measured here, never trained on.")],
+    image_dir: ImageDir,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where iter_N/, refine.log and final/ go.")],
+    max_iterations: Annotated[int, typer.Option(help="Most refinement iterations.")] = 5,
+    n_corrections: Annotated[int, typer.Option(help="Correction examples per iteration: the N worst errors on --data.")] = 200,
+    min_improvement: Annotated[float, typer.Option(help="Stop when the eval error rate falls by less than this (0.05 = 5 points).")] = 0.05,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate of each iteration's training.")] = 5e-6,
+    num_train_epochs: Annotated[float, typer.Option(help="Passes over each iteration's corrections.")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps per iteration (-1: epochs decide).")] = -1,
+    max_new_tokens: Annotated[int, typer.Option(help="Token limit of each generation.")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Records per generation batch.")] = 1,
+    limit: Annotated[int, typer.Option(help="Use only the first N records of --data (0: all).")] = 0,
+    eval_limit: Annotated[int, typer.Option(help="Use only the first N records of --eval-data (0: all).")] = 0,
+    answer_threshold: Annotated[float, typer.Option(help="An answer passes with ANLS above this (or found in the OCR text).")] = 0.8,
+    iou_threshold: Annotated[float, typer.Option(help="A box passes with IoU above this.")] = 0.5,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the refine run in --output-dir.")] = False,
+) -> None:
+    """Phase B2: refine the student with DocVAL's verification feedback, iteration by iteration (docs/refine.md)."""
+    from .refine import RefineConfig, check_config, refine
+
+    config = RefineConfig(max_iterations=max_iterations, n_corrections=n_corrections,
+                          min_improvement=min_improvement, learning_rate=learning_rate,
+                          num_train_epochs=num_train_epochs, max_steps=max_steps, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, limit=limit, eval_limit=eval_limit,
+                          answer_threshold=answer_threshold, iou_threshold=iou_threshold)
+    check_config(config)
+    result = refine(adapter, data, eval_data, image_dir, output_dir, config, resume=resume,
+                    echo=lambda line: typer.echo(line))
+    typer.echo(f"wrote {result.output_dir / 'refine.log'}; best: iteration {result.best} in "
+               f"{result.output_dir / 'final'}")
+
+
 def main() -> None:
     from .quiet import hide_bitsandbytes
 

@@ -476,8 +476,9 @@ class TrainResult:
 
 
 def train(run: RunConfig, *, resume_from: Path | Resume | None = None, overwrite: bool = False,
-          show_progress: bool = True) -> TrainResult:
-    """Run (or resume) training end to end and return where the result is."""
+          show_progress: bool = True, adapter: Path | None = None) -> TrainResult:
+    """Run (or resume) training end to end and return where the result is. ``adapter``: a LoRA adapter of the
+    preset's model to continue training instead of a new one (``refine``)."""
     from accelerate import PartialState
 
     from .build import build_sft_config, load_processor, quiet_libraries, step_plan
@@ -522,13 +523,13 @@ def train(run: RunConfig, *, resume_from: Path | Resume | None = None, overwrite
 
     try:
         _on_main_then_shared(state, set_up)
-        return _run(run, resume_from, data, plan, processor, state, show_progress)
+        return _run(run, resume_from, data, plan, processor, state, show_progress, adapter)
     finally:
         lock.__exit__()
 
 
 def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: Any, processor: Any, state: Any,
-         show_progress: bool) -> TrainResult:
+         show_progress: bool, adapter: Path | None = None) -> TrainResult:
     """Build the trainer on the locked, prepared directory, train (or only finish a run that had ended), save final/."""
     from .build import SaveFailed, build_trainer, load_model, save_failure
     from .callbacks import InterruptCallback, RichProgressCallback, TrainingLogCallback
@@ -545,6 +546,10 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
     train_ds = dataset(data.train)
     eval_ds = dataset(data.val) if data.val else None
     model = load_model(run.preset)
+    if adapter is not None:
+        from .build import load_trainable_adapter
+
+        model = load_trainable_adapter(model, adapter)
     interrupt = InterruptCallback()
     echo = (lambda line: print(line, flush=True)) if main and not show_progress else None
     log = TrainingLogCallback(out / LOG_FILE, echo=echo)
