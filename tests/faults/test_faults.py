@@ -317,7 +317,9 @@ def test_evaluate_resume_refuses_another_test_file_or_setting_and_keeps_its_rows
     for other in (("--test-data", d.val, "--max-new-tokens", "4"), ("--test-data", d.test, "--max-new-tokens", "8")):
         refused = cli("evaluate", *other, *common, "--resume")
         assert refused.returncode == 2
-        assert ("test_data" in error_line(refused)) if other[1] == d.val else ("max_new_tokens" in error_line(refused))
+        line = error_line(refused)
+        assert ("the test file's content changed" in line and str(d.val) in line) if other[1] == d.val \
+            else ("max_new_tokens changed" in line and "saved 4, given 8" in line), line
     assert (out / "predictions.jsonl").read_text().splitlines() == rows
     again = cli("evaluate", "--test-data", d.test, "--max-new-tokens", "4", *common, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
