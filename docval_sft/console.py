@@ -181,6 +181,32 @@ def print_plan(plan: dict[str, Any], console: Console) -> None:
     console.rule("step plan")
     console.print(f"{s['n_records']} training records, {s['world_size']} process(es), {s['samples_per_step']} samples "
                   f"per optimizer step -> {s['steps_per_epoch']} steps per epoch, {s['total_steps']} steps in total")
+    if plan.get("estimate"):
+        console.rule("memory and time estimate (docval_sft.estimate)")
+        print_estimate(plan["estimate"], console)
     for note in plan["notes"]:  # a note quotes paths and errors: never read it as markup
         console.print("[yellow]note:[/yellow] ", end="")
         console.print(note, markup=False, highlight=False)
+
+
+def print_estimate(est: dict[str, Any], console: Console) -> None:
+    """An ``Estimate.to_dict()``: peak memory per device by part (GiB), then the time, in plain lines."""
+    gib = est["gib"]
+    where = f" of the {est['gpu']}'s {est['gpu_memory_gib']:g} GiB" if est["gpu"] else " (CPU run: RAM)"
+    verdict = {True: "fits", False: "DOES NOT FIT", None: ""}[est["fits"]]
+    lines = [f"peak memory per device: {gib['total']:.1f} GiB{where} {verdict}".rstrip(),
+             f"  base weights        {gib['weights']:7.2f} GiB  " + ", ".join(est["weights"]),
+             f"  adapter/grads/optim {gib['trainable_state']:7.2f} GiB  {est['trainable_params']:,} trainable",
+             f"  activations         {gib['activations']:7.2f} GiB  batch {est['batch']} x {est['longest_tokens']} "
+             f"tokens ({est['tokens_source']})",
+             f"  transients          {gib['transients']:7.2f} GiB  LM head tile, backward, optimizer, slack, context",
+             f"  layout: {est['world_size']} device(s), {est['sharding']}"]
+    if est["s_per_step"] is not None:
+        run = f"; run: {est['run_s'] / 3600:.1f} h for {est['total_steps']} steps" if est["run_s"] else ""
+        lines.append(f"time: {est['s_per_step']:.2f} s per optimizer step at MFU {est['mfu']:.0%} "
+                     f"({est['mfu_source']}), {est['mean_tokens']:.0f} tokens per record{run}")
+    else:
+        lines.append(f"time: not estimated (no GPU kind); {est['model_flops_per_step']:.3g} model FLOPs per step")
+    lines += [f"  {note}" for note in est["notes"]]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)

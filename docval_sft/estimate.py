@@ -433,8 +433,9 @@ class Fix:
 
 
 def _candidates(preset: Preset, data_measured: bool) -> list[tuple[int, str, dict[str, Any]]]:
-    """(category, flags, overrides): 0 keeps the training math (batch split, checkpointing), 1 changes the model's
-    numerics (quantization), 2 changes which records train (a shorter max_length refuses longer records)."""
+    """(category, flags, overrides): 0 keeps the training math (batch split, checkpointing), 1 and 2 change the
+    model's numerics (8-bit, then 4-bit: less precise), 3 changes which records train (a shorter max_length refuses
+    longer records)."""
     out: list[tuple[int, str, dict[str, Any]]] = []
     samples = preset.per_device_train_batch_size * preset.gradient_accumulation_steps
     batches = [b for b in range(preset.per_device_train_batch_size - 1, 0, -1) if samples % b == 0]
@@ -463,14 +464,15 @@ def _candidates(preset: Preset, data_measured: bool) -> list[tuple[int, str, dic
                         flags.append(f"--max-length {length}")
                         over["max_length"] = length
                     if over:
-                        category = 2 if length is not None else 1 if q_over else 0
+                        category = (3 if length is not None else 2 if over.get("load_in_4bit")
+                                    else 1 if q_over else 0)
                         out.append((category, " ".join(flags), over))
     return out
 
 
 def cheapest_fix(preset: Preset, gpu: GpuKind, *, layout: Layout = Layout(), max_tokens: int | None = None,
                  mean_tokens: float | None = None) -> Fix | None:
-    """The change that fits with the least cost: first those that keep the training math, then quantization, then a
+    """The change that fits with the least cost: first those that keep the training math, then 8-bit, 4-bit, then a
     shorter max_length; within a category the fastest estimated step. None when nothing tried fits."""
     best: tuple[tuple[int, float, float], Fix] | None = None
     for category, flags, overrides in _candidates(preset, max_tokens is not None):

@@ -176,9 +176,10 @@ def test_train_refuses_a_run_that_cannot_fit_and_names_the_cheapest_fix(demo, tm
     result = runner.invoke(app, _train_args(demo, out, "--preset", "h100", "--model", str(model), "--gpu",
                                             "A100-40GB", "--max-length", "8192"))
     assert "cheapest change that fits: --batch-size 1 --grad-accum 16" in result.output, result.output
-    # --force goes past the refusal and on to loading the weights (absent here)
-    forced = runner.invoke(app, _train_args(demo, out, "--preset", "a100", "--model", str(model), "--gpu", "RTX3090",
-                                            "--force"))
+    # --force goes past the refusal and on to loading the weights (absent here); --no-bf16: this CPU has no bf16
+    unforced = _train_args(demo, out, "--preset", "a100", "--model", str(model), "--gpu", "RTX3090", "--no-bf16")
+    assert "does not fit" in runner.invoke(app, unforced).output
+    forced = runner.invoke(app, [*unforced, "--force"])
     assert forced.exit_code != 0 and "does not fit" not in forced.output
     assert "cannot load model" in forced.output
 
