@@ -172,8 +172,11 @@ def _presets_list(ctx: typer.Context) -> None:
                       str(p.max_length), _measured_cell(measured.get(p.name)))
     console = Console()
     console.print(table)
+    from .estimate import preset_line
+
     for p in PRESETS.values():
         console.print(f"[bold]{p.name}[/bold]: {p.description}", highlight=False)
+        console.print(f"  estimate: {preset_line(p)}", highlight=False, markup=False)
     console.print("Details: docval-sft presets show NAME [--yaml]. Measurements: docs/performance.md"
                   + ("" if measured else " (no GPU measurement recorded yet)"))
 

@@ -63,7 +63,7 @@ GPUS: dict[str, GpuKind] = {g.name: g for g in (
 
 # The GPU each shipped preset is sized for: what `presets` and a CPU dry run estimate against.
 INTENDED_GPU = {"a100": "A100-80GB", "h100": "H100-80GB", "3090-8bit": "RTX3090", "full-ft": "H200",
-                "4b-24gb": "RTX4090", "27b-4bit": "A100-80GB"}
+                "4b-24gb": "RTX4090", "27b-4bit": "A100-40GB"}
 
 # Every figure below is an assumption until a GPU run measures it (docs/performance.md says which are measured).
 ASSUMED = {
@@ -497,6 +497,36 @@ def check_fits(est: Estimate, preset: Preset, gpu: GpuKind, *, layout: Layout = 
                    "FSDP across GPUs")
     raise DocvalError(f"this run does not fit: estimated {est.memory_line()}; {advice}; or pass --force to "
                       "start it anyway")
+
+
+def longest_fitting(preset: Preset, gpu: GpuKind | str, *, layout: Layout = Layout()) -> int:
+    """The longest record (tokens, every record that long) with which ``preset`` still fits ``gpu``; 0 if none."""
+    low, high = 0, preset.max_length
+    while low < high:  # memory grows with tokens: bisect on whole tokens
+        mid = (low + high + 1) // 2
+        if estimate(preset, gpu=gpu, layout=layout, max_tokens=mid).fits:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def preset_line(preset: Preset) -> str:
+    """One line for `docval-sft presets`: the estimate on the preset's intended GPU at its max_length (the longest
+    record it accepts), or why there is none."""
+    try:
+        est = fits(preset)
+    except DocvalError:
+        return f"none (architecture of {preset.model_name_or_path} not known)"
+    if est.gpu is None:
+        return f"{est.total_gib:.2f} GiB of RAM at {est.batch} x {est.longest_tokens} tokens (CPU run)"
+    verdict = "fits"
+    if not est.fits:
+        longest = longest_fitting(preset, est.gpu)
+        verdict = f"does NOT fit; records up to {longest:,} tokens do" if longest else "does NOT fit"
+    return (f"{est.total_gib:.1f} GiB of the {est.gpu}'s {est.gpu_memory_gib:g} GiB ({verdict}) at {est.batch} x "
+            f"{est.longest_tokens} tokens; {est.s_per_step:.1f} s/step at 760-token records (MFU {est.mfu:.0%}, "
+            f"{est.mfu_source})")
 
 
 def gib(value: float) -> float:
