@@ -4,8 +4,9 @@
 
 For each preset: its model's exact layer shapes (Gemma 3 4B, 12B or 27B from docval_sft.architectures) with 2 and
 then 4 decoder layers, the preset's LoRA (or full fine-tuning), gradient checkpointing and bf16 autocast as the
-Trainer applies it, one forward + backward on a synthetic ``--seq``-token sample (256 image tokens), every tensor
-autograd saves summed once (benchmarks/activations.py's method). Per layer = (4 - 2 layers) / 2, whole model = rest +
+Trainer applies it, one forward on a synthetic ``--seq``-token sample (256 image tokens), every tensor
+autograd saves in the forward summed once (benchmarks/activations.py's method, with zeroed weights: sizes
+do not depend on values). Per layer = (4 - 2 layers) / 2, whole model = rest +
 n_layers x per layer; compared with the estimator's activations for one sample (``device="cpu"``: CPU dropout keeps
 an fp32 noise tensor where CUDA keeps a bool mask). The vocabulary is cut to 512 entries and the vision tower to one
 small layer: neither changes what the decoder saves (the embedding lookup saves the token ids only; the frozen tower
@@ -54,8 +55,14 @@ def saved_bytes(preset: Any, size: str, layers: list[str], seq: int) -> int:
     from docval_sft.build import build_lora_config
 
     config = Gemma3Config(**small_vocab_config(size, layers))
-    torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration(copy.deepcopy(config)).to(getattr(torch, preset.dtype))
+    # Sizes, not values, decide what autograd saves: allocate the weights uninitialised and zero them (random init
+    # of a 27B layer costs more than the forward here).
+    with torch.device("meta"):
+        model = Gemma3ForConditionalGeneration(copy.deepcopy(config))
+    model = model.to_empty(device="cpu").to(getattr(torch, preset.dtype))
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.zero_()
     model.config._attn_implementation = preset.attn_implementation
     model.config.text_config._attn_implementation = preset.attn_implementation
     if not preset.use_lora:
@@ -81,15 +88,14 @@ def saved_bytes(preset: Any, size: str, layers: list[str], seq: int) -> int:
     backbone = model.get_base_model().model if lora is not None else model.model
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=preset.bf16)  # accelerate's, as the Trainer does
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
-        out = backbone(**batch, use_cache=False)
-    out.last_hidden_state.float().square().mean().backward()
+        backbone(**batch, use_cache=False)  # the saved set is complete when the forward ends: no backward needed
     return sum(saved.values())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["a100", "h100", "full-ft", "4b-24gb", "27b-4bit"])
-    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--seq", type=int, default=384, help="tokens in the sample (256 of them image tokens)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
