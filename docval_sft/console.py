@@ -190,23 +190,30 @@ def print_plan(plan: dict[str, Any], console: Console) -> None:
 
 
 def print_estimate(est: dict[str, Any], console: Console) -> None:
-    """An ``Estimate.to_dict()``: peak memory per device by part (GiB), then the time, in plain lines."""
+    """An ``Estimate.to_dict()``: peak memory per device by part (GiB), then the time; lines within 80 columns."""
     gib = est["gib"]
-    where = f" of the {est['gpu']}'s {est['gpu_memory_gib']:g} GiB" if est["gpu"] else " (CPU run: RAM)"
-    verdict = {True: "fits", False: "DOES NOT FIT", None: ""}[est["fits"]]
-    lines = [f"peak memory per device: {gib['total']:.1f} GiB{where} {verdict}".rstrip(),
+    verdict = {True: ": fits", False: ": DOES NOT FIT", None: ""}[est["fits"]]
+    where = f" of {est['gpu_memory_gib']:g} GiB ({est['gpu']}){verdict}" if est["gpu"] else " (CPU run: RAM)"
+    lines = [f"peak memory per device: {gib['total']:.1f} GiB{where}",
              f"  base weights        {gib['weights']:7.2f} GiB  " + ", ".join(est["weights"]),
              f"  adapter/grads/optim {gib['trainable_state']:7.2f} GiB  {est['trainable_params']:,} trainable",
              f"  activations         {gib['activations']:7.2f} GiB  batch {est['batch']} x {est['longest_tokens']} "
-             f"tokens ({est['tokens_source']})",
-             f"  transients          {gib['transients']:7.2f} GiB  LM head tile, backward, optimizer, slack, context",
-             f"  layout: {est['world_size']} device(s), {est['sharding']}"]
+             f"tokens" + (" (measured)" if est["tokens_source"] == "measured" else " (max_length)"),
+             f"  transients          {gib['transients']:7.2f} GiB  LM head, backward, optimizer, slack",
+             f"  devices: {est['world_size']} ({est['sharding']})"]
     if est["s_per_step"] is not None:
-        run = f"; run: {est['run_s'] / 3600:.1f} h for {est['total_steps']} steps" if est["run_s"] else ""
-        lines.append(f"time: {est['s_per_step']:.2f} s per optimizer step at MFU {est['mfu']:.0%} "
-                     f"({est['mfu_source']}), {est['mean_tokens']:.0f} tokens per record{run}")
+        lines.append(f"time: {est['s_per_step']:.2f} s/step at MFU {est['mfu']:.0%} ({est['mfu_source']}), "
+                     f"{est['mean_tokens']:.0f} tokens/record")
+        if est["run_s"]:
+            lines.append(f"  whole run: {_duration(est['run_s'])} for {est['total_steps']} steps (evaluation not "
+                         "included)")
     else:
-        lines.append(f"time: not estimated (no GPU kind); {est['model_flops_per_step']:.3g} model FLOPs per step")
+        lines.append(f"time: not estimated (no GPU kind); {est['model_flops_per_step']:.3g} model FLOPs/step")
     lines += [f"  {note}" for note in est["notes"]]
     for line in lines:
         console.print(line, markup=False, highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 else \
+        f"{seconds:.0f} s"

@@ -688,7 +688,7 @@ def run_estimate(run: RunConfig, split: Any, *, gpu: str | None = None,
     if checked:
         est.notes.append("checked against this GPU" if gpu is None else f"checked against --gpu {gpu}")
     elif kind is not None:
-        est.notes.append(f"no GPU here: estimated for the preset's intended {kind.name} (--gpu NAME for another)")
+        est.notes.append(f"no GPU here: estimated for the intended {kind.name} (--gpu NAME: another)")
     if not checked or est.fits is not False:
         return est, None
     try:
