@@ -225,17 +225,17 @@ def activation_bytes(arch: Arch, preset: Preset, batch: int, tokens: int, *, dev
     e = _dtype_bytes(preset.dtype)
     bt = batch * tokens
     full_layer = layer_bytes_per_token(arch, preset, device=device) * bt + e * batch * tokens**2  # + its sdpa mask
+    # autocast's bf16 copies of the fp32 adapter weights, saved by the adapters' matmuls (per layer that runs)
+    copies = 2 * adapter_params(arch, preset) if preset.use_lora and preset.bf16 and e == 2 else 0
     parts: dict[str, int] = {}
     if preset.gradient_checkpointing:
         parts["layer_inputs"] = arch.layers * e * arch.hidden * bt
-        parts["recomputed_layer"] = round(full_layer)
+        parts["recomputed_layer"] = round(full_layer + copies / arch.layers)
+        copies = 0  # a checkpointed layer keeps nothing else
     else:
         parts["layers"] = round(arch.layers * full_layer)
     # final norm's fp32 input + the last hidden states kept by the fused head + the two attention masks (bool)
-    rest = bt * (4 * arch.hidden + e * arch.hidden) + 2 * batch * tokens**2
-    if preset.use_lora and preset.bf16 and e == 2:
-        rest += 2 * adapter_params(arch, preset)  # autocast's bf16 copies of the fp32 adapter weights
-    parts["rest"] = rest
+    parts["rest"] = bt * (4 * arch.hidden + e * arch.hidden) + 2 * batch * tokens**2 + copies
     if not preset.use_lora:  # the SigLIP tower is trained too: its layer inputs (checkpointed) or its activations
         per_patch = e * arch.v_hidden if preset.gradient_checkpointing else (
             9 * e * arch.v_hidden + 2 * e * arch.v_intermediate)
