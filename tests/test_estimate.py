@@ -222,3 +222,16 @@ def test_probe_on_cpu_writes_probe_json_and_no_final(demo, tmp_path: Path) -> No
     from docval_sft.train import restartable
 
     assert restartable(out)
+
+
+def test_presets_list_shows_each_estimate_and_the_longest_records_that_fit() -> None:
+    from docval_sft.estimate import longest_fitting
+
+    p = get_preset("3090-8bit")
+    n = longest_fitting(p, "RTX3090")
+    assert 760 < n < p.max_length  # 8,192-token records would not fit a 24 GB card even in 8-bit
+    assert estimate(p, gpu="RTX3090", max_tokens=n).fits and not estimate(p, gpu="RTX3090", max_tokens=n + 1).fits
+    listed = runner.invoke(app, ["presets"])
+    assert listed.exit_code == 0
+    assert listed.output.count("estimate:") == len(PRESETS)
+    assert f"records up to {n:,} tokens do" in " ".join(listed.output.split())
