@@ -172,8 +172,11 @@ def _presets_list(ctx: typer.Context) -> None:
                       str(p.max_length), _measured_cell(measured.get(p.name)))
     console = Console()
     console.print(table)
+    from .estimate import preset_line
+
     for p in PRESETS.values():
         console.print(f"[bold]{p.name}[/bold]: {p.description}", highlight=False)
+        console.print(f"  estimate: {preset_line(p)}", highlight=False, markup=False)
     console.print("Details: docval-sft presets show NAME [--yaml]. Measurements: docs/performance.md"
                   + ("" if measured else " (no GPU measurement recorded yet)"))
 
@@ -295,6 +298,9 @@ def train_cmd(
     eval_generate: EvalGenerate = None,
     metric_for_best_model: MetricBest = None,
     set_fields: SetFields = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="GPU kind to estimate memory and time for (A100-40GB, A100-80GB, H100-80GB, H200, L40S, RTX3090, RTX4090); default: this machine's.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Start even when the memory estimate says the run does not fit.")] = False,
+    probe: Annotated[Optional[int], typer.Option("--probe", min=1, help="Train N optimizer steps only, write OUTPUT/probe.json (measured vs estimated speed and memory), no final/.")] = None,
 ) -> None:
     """Train the student on a preset; flags override the preset (and --config), --resume continues a run."""
     from .train import dry_run as plan, resolve_run, resume_run, train
@@ -315,13 +321,19 @@ def train_cmd(
     else:
         run, checkpoint = resolve_run(preset, config_file=config, overrides=overrides, run_values=run_values), None
     if dry_run:
-        resolved = plan(run, show_progress=not as_json, resume=checkpoint is not None, overwrite=overwrite)
+        resolved = plan(run, show_progress=not as_json, resume=checkpoint is not None, overwrite=overwrite, gpu=gpu,
+                        force=force)
         _print_plan(resolved, as_json)
         if not resolved["ok"]:
             raise typer.Exit(1)
         return
-    result = train(run, resume_from=checkpoint, overwrite=overwrite)
-    if result.main_process:
+    result = train(run, resume_from=checkpoint, overwrite=overwrite, gpu=gpu, force=force, probe=probe)
+    if result.probe is not None:
+        from .probe import summary
+
+        if result.main_process:
+            typer.echo(summary(result.probe) + f"; written to {result.final_dir}")
+    elif result.main_process:
         typer.echo(f"done: {result.global_step} steps; {'adapter' if run.preset.use_lora else 'model'} and processor in {result.final_dir}; "
                    f"log in {run.output_dir / 'training.log'}")
 

@@ -181,6 +181,39 @@ def print_plan(plan: dict[str, Any], console: Console) -> None:
     console.rule("step plan")
     console.print(f"{s['n_records']} training records, {s['world_size']} process(es), {s['samples_per_step']} samples "
                   f"per optimizer step -> {s['steps_per_epoch']} steps per epoch, {s['total_steps']} steps in total")
+    if plan.get("estimate"):
+        console.rule("memory and time estimate (docval_sft.estimate)")
+        print_estimate(plan["estimate"], console)
     for note in plan["notes"]:  # a note quotes paths and errors: never read it as markup
         console.print("[yellow]note:[/yellow] ", end="")
         console.print(note, markup=False, highlight=False)
+
+
+def print_estimate(est: dict[str, Any], console: Console) -> None:
+    """An ``Estimate.to_dict()``: peak memory per device by part (GiB), then the time; lines within 80 columns."""
+    gib = est["gib"]
+    verdict = {True: ": fits", False: ": DOES NOT FIT", None: ""}[est["fits"]]
+    where = f" of {est['gpu_memory_gib']:g} GiB ({est['gpu']}){verdict}" if est["gpu"] else " (CPU run: RAM)"
+    lines = [f"peak memory per device: {gib['total']:.1f} GiB{where}",
+             f"  base weights        {gib['weights']:7.2f} GiB  " + ", ".join(est["weights"]),
+             f"  adapter/grads/optim {gib['trainable_state']:7.2f} GiB  {est['trainable_params']:,} trainable",
+             f"  activations         {gib['activations']:7.2f} GiB  batch {est['batch']} x {est['longest_tokens']} "
+             f"tokens" + (" (measured)" if est["tokens_source"] == "measured" else " (max_length)"),
+             f"  transients          {gib['transients']:7.2f} GiB  LM head, backward, optimizer, slack",
+             f"  devices: {est['world_size']} ({est['sharding']})"]
+    if est["s_per_step"] is not None:
+        lines.append(f"time: {est['s_per_step']:.2f} s/step at MFU {est['mfu']:.0%} ({est['mfu_source']}), "
+                     f"{est['mean_tokens']:.0f} tokens/record")
+        if est["run_s"]:
+            lines.append(f"  whole run: {_duration(est['run_s'])} for {est['total_steps']} steps (evaluation not "
+                         "included)")
+    else:
+        lines.append(f"time: not estimated (no GPU kind); {est['model_flops_per_step']:.3g} model FLOPs/step")
+    lines += [f"  {note}" for note in est["notes"]]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 else \
+        f"{seconds:.0f} s"

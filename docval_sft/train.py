@@ -34,12 +34,13 @@ CONFIG_FILE = "training_config.json"
 LOG_FILE = "training.log"
 FINAL_DIR = "final"
 SKIPPED_FILE = "skipped.jsonl"
+PROBE_FILE = "probe.json"  # `train --probe N`: measured speed and memory next to the estimate
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # report_to name -> module that must be importable
-_ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, FINAL_DIR + ".partial", SKIPPED_FILE, "runs")
+_ARTIFACTS = (CONFIG_FILE, LOG_FILE, FINAL_DIR, FINAL_DIR + ".partial", SKIPPED_FILE, "runs", PROBE_FILE)
 MODEL_CARD = "README.md"  # TRL writes its model card into the run directory at the first save
 # What a start writes before the first checkpoint: a folder holding only these never trained a step worth keeping,
 # so `train` may start it again without --overwrite (a failed start must not block the rerun).
-_START_ARTIFACTS = (CONFIG_FILE, LOG_FILE, SKIPPED_FILE, "runs", LOCK_FILE, CONFIG_FILE + ".tmp")
+_START_ARTIFACTS = (CONFIG_FILE, LOG_FILE, SKIPPED_FILE, "runs", LOCK_FILE, CONFIG_FILE + ".tmp", PROBE_FILE)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -473,12 +474,19 @@ class TrainResult:
     global_step: int
     log_history: list[dict[str, Any]]
     main_process: bool = True
+    probe: dict[str, Any] | None = None  # probe.json's content after `--probe N`
 
 
 def train(run: RunConfig, *, resume_from: Path | Resume | None = None, overwrite: bool = False,
-          show_progress: bool = True, adapter: Path | None = None) -> TrainResult:
+          show_progress: bool = True, adapter: Path | None = None, gpu: str | None = None, force: bool = False,
+          probe: int | None = None) -> TrainResult:
     """Run (or resume) training end to end and return where the result is. ``adapter``: a LoRA adapter of the
-    preset's model to continue training instead of a new one (``refine``)."""
+    preset's model to continue training instead of a new one (``refine``).
+
+    Before any weight is loaded the run's peak memory is estimated (docval_sft.estimate) for this machine's GPU kind
+    (or ``gpu``, a catalogue name): a run that cannot fit is refused with the cheapest change that fits, unless
+    ``force``. ``probe=N`` trains N optimizer steps only, writes OUTPUT/probe.json (measured s/step, tokens/s, MFU,
+    peak memory next to the estimate) and no final/ or checkpoint."""
     from accelerate import PartialState
 
     from .build import build_sft_config, load_processor, quiet_libraries, step_plan
@@ -486,6 +494,14 @@ def train(run: RunConfig, *, resume_from: Path | Resume | None = None, overwrite
 
     if isinstance(resume_from, Path):
         resume_from = Resume(resume_from, [], checkpoints.finished(resume_from))
+    if probe is not None:
+        if probe < 1:
+            raise DocvalError(f"--probe {probe}: give the number of optimizer steps to measure (>= 1)")
+        if resume_from is not None:
+            raise DocvalError("--probe measures a fresh start: drop --resume")
+        # N steps, no evaluation, no best-model bookkeeping (checkpoints are blocked by ProbeCallback)
+        run = dataclasses.replace(run, preset=run.preset.with_overrides(
+            {"max_steps": probe, "load_best_model_at_end": False, "eval_generate": 0}), val_data=None)
     quiet_libraries()
     # One process, or this rank of a torchrun/accelerate launch (on CPU, gloo needs cpu=True to see the others).
     state = PartialState(cpu=run.preset.use_cpu)
@@ -504,6 +520,9 @@ def train(run: RunConfig, *, resume_from: Path | Resume | None = None, overwrite
     processor = load_processor(run.preset)
     data = _on_main_then_shared(state, lambda: prepare_data(run, processor, show_progress=show_progress))
     plan = step_plan(run.preset, len(data.train.records))
+    est, refusal = run_estimate(run, data.train, gpu=gpu, total_steps=plan.total_steps)
+    if refusal is not None and not force:
+        raise DocvalError(refusal)
     # transformers checks its arguments (bf16 support, strategies) when the config is built: do it before writing
     build_sft_config(run.preset, str(out), has_eval=data.val is not None, report_to=list(run.report_to))
     lock = RunLock(out, "training run")
@@ -518,18 +537,20 @@ def train(run: RunConfig, *, resume_from: Path | Resume | None = None, overwrite
             checkpoints.set_aside([path for path, _ in resume_from.skipped if path.is_dir()])
         if data.skipped:
             write_skipped(data.report.splits, out / SKIPPED_FILE)
-        if not resume:
+        if not resume and probe is None:  # a probe leaves no run behind: the real run starts in the same folder
             write_json_atomic(out / CONFIG_FILE, config_document(run, data, plan))
 
     try:
         _on_main_then_shared(state, set_up)
-        return _run(run, resume_from, data, plan, processor, state, show_progress, adapter)
+        return _run(run, resume_from, data, plan, processor, state, show_progress, adapter, probe=probe,
+                    estimate=est, gpu=gpu)
     finally:
         lock.__exit__()
 
 
 def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: Any, processor: Any, state: Any,
-         show_progress: bool, adapter: Path | None = None) -> TrainResult:
+         show_progress: bool, adapter: Path | None = None, *, probe: int | None = None, estimate: Any = None,
+         gpu: str | None = None) -> TrainResult:
     """Build the trainer on the locked, prepared directory, train (or only finish a run that had ended), save final/."""
     from .build import SaveFailed, build_trainer, load_model, save_failure
     from .callbacks import InterruptCallback, RichProgressCallback, TrainingLogCallback
@@ -563,10 +584,17 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
         n = run.preset.eval_generate
         generation_eval = GenerationEval(processor, data.val.records[:n], data.val.image_paths[:n], fmt,
                                          run.preset.generation_max_new_tokens, run.preset.per_device_eval_batch_size)
+    probe_timer = None
+    if probe is not None:
+        from .probe import ProbeCallback
+
+        probe_timer = ProbeCallback()
     trainer = build_trainer(run.preset, model, processor, train_ds, eval_ds, str(out), report_to=list(run.report_to),
                             callbacks=[log, RichProgressCallback(plan.samples_per_step, enabled=show_progress),
-                                       interrupt],
+                                       interrupt, *([probe_timer] if probe_timer else [])],
                             generation_eval=generation_eval)
+    if probe_timer is not None:
+        trainer.args.include_num_input_tokens_seen = "all"  # the work done: padded positions included
     if resume_from is not None and resume_from.finished:
         # Training had ended (max_steps or early stopping) and only final/ was missing: no extra step.
         _restore_finished(trainer, resume_from.checkpoint, out)
@@ -585,6 +613,14 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
             raise
     if interrupt.received is not None:
         raise Interrupted(interrupt.received, out, interrupt.stopped_at)
+    if probe_timer is not None:
+        from .probe import probe_report
+
+        report = probe_report(probe_timer, estimate, run.preset, state.num_processes, gpu)
+        if main:
+            write_json_atomic(out / PROBE_FILE, report)
+        return TrainResult(out, out / PROBE_FILE, trainer.state.global_step, list(trainer.state.log_history), main,
+                           probe=report)
     # final/ appears only complete: everything is written to final.partial/ (every rank takes part in saving a
     # sharded model), which the main process renames once the processor and model info are in.
     final, partial = out / FINAL_DIR, out / (FINAL_DIR + ".partial")
@@ -623,8 +659,52 @@ def _restore_finished(trainer: Any, checkpoint: Path, out: Path) -> None:
     trainer._load_from_checkpoint(str(weights))
 
 
+def token_stats(split: Any) -> tuple[int | None, float | None]:
+    """(longest, mean) record in tokens as measured before training; (None, None) when lengths were not counted."""
+    totals = [count.total for count in getattr(split, "token_counts", [])]
+    if not totals:
+        return None, None
+    return max(totals), sum(totals) / len(totals)
+
+
+def run_estimate(run: RunConfig, split: Any, *, gpu: str | None = None,
+                 total_steps: int | None = None) -> tuple[Any, str | None]:
+    """(the run's memory/time estimate or None, a refusal message or None).
+
+    The GPU kind is ``gpu`` (a catalogue name) or this machine's CUDA device; a run is refused only against one of
+    those. Without either (a CPU machine planning a GPU run) the estimate is for the preset's intended GPU and never
+    refuses; a ``use_cpu`` run is counted as the CPU holds it. Unknown architectures give no estimate."""
+    from .estimate import INTENDED_GPU, check_fits, detect_gpu, estimate, gpu_kind, layout_from_env
+
+    longest, mean = token_stats(split)
+    preset = run.preset
+    kind = None if preset.use_cpu else gpu_kind(gpu) if gpu else detect_gpu()
+    checked = kind is not None
+    if kind is None and not preset.use_cpu:
+        intended = INTENDED_GPU.get(run.base_preset)
+        kind = gpu_kind(intended) if intended else None
+    layout = layout_from_env()
+    device = "cpu" if preset.use_cpu else "cuda"  # a CPU run holds its tensors in RAM: counted, never refused
+    try:
+        est = estimate(preset, gpu=kind, layout=layout, max_tokens=longest, mean_tokens=mean,
+                       total_steps=total_steps, device=device)
+    except DocvalError:
+        return None, None
+    if checked:
+        est.notes.append("checked against this GPU" if gpu is None else f"checked against --gpu {gpu}")
+    elif kind is not None:
+        est.notes.append(f"no GPU here: estimated for the intended {kind.name} (--gpu NAME: another)")
+    if not checked or est.fits is not False:
+        return est, None
+    try:
+        check_fits(est, preset, kind, layout=layout, max_tokens=longest, mean_tokens=mean)
+    except DocvalError as exc:
+        return est, str(exc)
+    return est, None
+
+
 def dry_run(run: RunConfig, *, show_progress: bool = False, resume: bool = False,
-            overwrite: bool = False) -> dict[str, Any]:
+            overwrite: bool = False, gpu: str | None = None, force: bool = False) -> dict[str, Any]:
     """Everything ``train`` would do up to loading weights: resolved configs, data validation and the step plan.
 
     Token lengths are checked when the model's processor can be loaded (a local directory, the hub, or its
@@ -653,6 +733,14 @@ def dry_run(run: RunConfig, *, show_progress: bool = False, resume: bool = False
     usable = len(report.splits[0].records)
     if run.skip_bad and report.n_errors:
         notes.append(f"--skip-bad: {report.n_errors} record error(s) would be skipped")
+    plan = step_plan(run.preset, usable)
+    est, refusal = run_estimate(run, report.splits[0], gpu=gpu, total_steps=plan.total_steps)
+    if est is None:
+        notes.append(f"no memory/time estimate: the architecture of {run.preset.model_name_or_path!r} is not known")
+    if refusal is not None:
+        notes.append(refusal if not force else f"--force: starting although {refusal.split('; or pass')[0]}")
+        if not force:
+            problems.append(refusal)
     lora = build_lora_config(run.preset)
     quantization = build_quantization_config(run.preset)
     has_eval = len(report.splits) > 1
@@ -667,6 +755,7 @@ def dry_run(run: RunConfig, *, show_progress: bool = False, resume: bool = False
         "lora_config": lora.to_dict() if lora is not None else None,
         "quantization_config": quantization.to_dict() if quantization is not None else None,
         "data": report.to_dict(),
-        "step_plan": step_plan(run.preset, usable).to_dict(),
+        "step_plan": plan.to_dict(),
+        "estimate": est.to_dict() if est is not None else None,
         "notes": notes,
     }
