@@ -144,6 +144,14 @@ def test_span_losses_combine_back_to_the_loss(span_trainer) -> None:
         counts.sum())
     assert combined == pytest.approx(float(loss), rel=1e-5)
     assert losses["loss_bbox"] != pytest.approx(losses["loss_reasoning"], rel=1e-3)  # they are not all the mean
+    # each span's loss is the mean NLL of its own tokens (log_probs[:, j] scores the label at j + 1)
+    with torch.no_grad():
+        nll = [-trainer.model(**{k: v for k, v in b.items() if k != "span_ids"}, use_cache=False,
+                              fused_lm_head=True).log_probs for b in batches]
+    for code, name in enumerate(SPAN_NAMES):
+        masks = [b["span_ids"][:, 1:] == code for b in batches]
+        direct = sum(float(x[m].sum()) for x, m in zip(nll, masks, strict=True)) / sum(int(m.sum()) for m in masks)
+        assert losses[f"loss_{name}"] == pytest.approx(direct, rel=1e-5)
 
 
 def _loss_and_grads(trainer, batch: dict, n: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
