@@ -6,6 +6,14 @@ drift on the machine hits both. Timed: building the trainer + ``trainer.train()`
 that only docval-sft does (token counts of every record), reported on their own line.
 
     python benchmarks/overhead.py [--steps 30] [--rounds 3]
+
+``--span-loss`` compares docval-sft with and without the per-span loss instead (docs/training.md): the same
+builder on the same records, once from a dataset without the ``spans`` column (TRL's loss and metrics only), once
+with it (span ids in every batch, per-span sums in the loss, their reduction at each logging step); alternated
+rounds, timed per optimizer step (``trainer.train()`` only / steps), ratio with / without. The spans themselves
+are computed once per record before training: that cost is reported on its own line.
+
+    python benchmarks/overhead.py --span-loss [--steps 30] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ def plain_trl(model_dir: Path, dataset, output_dir: Path, steps: int) -> float:
     return time.perf_counter() - start
 
 
+TRAIN_SECONDS: list[float] = []  # trainer.train() alone, per docval() call
+
+
 def docval(model_dir: Path, dataset, output_dir: Path, steps: int) -> float:
     """The same run through docval-sft's builder (preset -> configs -> model -> trainer with our callbacks)."""
     from docval_sft.build import build_trainer, load_model, load_processor
@@ -59,14 +70,46 @@ def docval(model_dir: Path, dataset, output_dir: Path, steps: int) -> float:
     trainer = build_trainer(preset, model, processor, dataset, None, str(output_dir), report_to=[],
                             callbacks=callbacks)
     trainer.args.save_strategy = "no"  # as the plain script: measure training, not checkpoint writing
+    train_start = time.perf_counter()
     trainer.train()
+    TRAIN_SECONDS.append(time.perf_counter() - train_start)
     return time.perf_counter() - start
+
+
+def span_loss_rounds(model_dir: Path, split, root: Path, steps: int, rounds: int) -> None:
+    """docval-sft without / with the spans column, alternated; ratio of the median seconds per optimizer step."""
+    from transformers import AutoProcessor
+
+    from docval_sft.convert import to_dataset
+    from docval_sft.spans import record_spans
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    start = time.perf_counter()
+    spans = [record_spans(r, processor, "pixel", s) for r, s in zip(split.records, split.image_sizes, strict=True)]
+    print(json.dumps({"bench": "overhead", "docval_only": "spans of every record (once, before training)",
+                      "records": len(spans), "seconds": round(time.perf_counter() - start, 3)}))
+    datasets = {"without_spans": to_dataset(split.records, split.image_paths, "pixel", split.image_sizes),
+                "with_spans": to_dataset(split.records, split.image_paths, "pixel", split.image_sizes, spans=spans)}
+    per_step: dict[str, list[float]] = {name: [] for name in datasets}
+    for r in range(rounds):
+        for name, dataset in datasets.items():
+            seconds = docval(model_dir, dataset, root / f"{name}_{r}", steps)
+            per_step[name].append(TRAIN_SECONDS[-1] / steps)
+            print(json.dumps({"bench": "overhead", "round": r, "variant": name, "steps": steps,
+                              "seconds": round(seconds, 3), "train_s_per_step": round(per_step[name][-1], 4)}))
+    with_s, without_s = statistics.median(per_step["with_spans"]), statistics.median(per_step["without_spans"])
+    ratio = with_s / without_s
+    print(json.dumps({"bench": "overhead", "median_s_per_step_without_spans": round(without_s, 4),
+                      "median_s_per_step_with_spans": round(with_s, 4), "ratio": round(ratio, 3), "goal": 1.03,
+                      "met": ratio <= 1.03}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--span-loss", action="store_true",
+                        help="compare docval-sft with and without the per-span loss instead of plain TRL")
     args = parser.parse_args()
 
     import datasets
@@ -89,6 +132,9 @@ def main() -> None:
                               counter=TokenCounter(AutoProcessor.from_pretrained(demo.model_dir)), max_length=1024)
         print(json.dumps({"bench": "overhead", "docval_only": "data checks with token counts",
                           "records": len(split.records), "seconds": round(time.perf_counter() - start, 2)}))
+        if args.span_loss:
+            span_loss_rounds(demo.model_dir, split, root, args.steps, args.rounds)
+            return
         dataset = to_dataset(split.records, split.image_paths, "pixel", split.image_sizes)
         times: dict[str, list[float]] = {"plain_trl": [], "docval_sft": []}
         for r in range(args.rounds):
