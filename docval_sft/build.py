@@ -301,6 +301,10 @@ def trainer_class() -> type:
             self.data_collator = SpanCollator(self.data_collator)  # + span_ids when the dataset has "spans"
             self._span_batch: tuple[Any, Any, str] | None = None  # the micro-batch now in the forward
             self._span_stats: dict[str, Any] = {}  # mode -> (2, n_spans): weighted NLL sums, weighted counts
+            # Every rank reduces at each log once any dataset has spans, even a rank that saw no span row: a rank
+            # skipping the collective would hang the others.
+            self._uses_spans = any(SPANS_COLUMN in getattr(d, "column_names", ())
+                                   for d in (self.train_dataset, self.eval_dataset) if d is not None)
             self.model.register_forward_hook(self._span_hook)
 
         def _set_signature_columns_if_needed(self) -> None:
@@ -359,7 +363,9 @@ def trainer_class() -> type:
             """``loss_<span>`` since the last call (summed over ranks), then reset; spans with no token left out."""
             stats = self._span_stats.pop(mode, None)
             if stats is None:
-                return {}
+                if not self._uses_spans:
+                    return {}
+                stats = torch.zeros(2, len(SPAN_NAMES))
             stats = self.accelerator.reduce(stats.to(self.args.device), reduction="sum").tolist()
             return {f"{prefix}loss_{name}": total / count
                     for name, total, count in zip(SPAN_NAMES, stats[0], stats[1], strict=True) if count > 0}
