@@ -85,11 +85,11 @@ def print_preview(preview: Any, png: Any, console: Console) -> None:
     for text, span in preview.segments:  # the labelled tokens, coloured by span (docs/training.md)
         seq.append(text, style=SPAN_STYLES[span])
     r = preview.record
-    legend = ", ".join(f"[{SPAN_STYLES[name]}]{name}[/]" for name in SPAN_STYLES)
-    console.print(Panel(seq, title=f"{r.location} - dim: prompt (no loss); labelled tokens by span: {legend}",
+    console.print(Panel(seq, title=f"{r.location} - dim: prompt (no loss), colours: labelled spans",
                         title_align="left"), highlight=False)
-    counts = preview.to_dict()["span_tokens"]
-    console.print("span tokens: " + ", ".join(f"{name} {n}" for name, n in counts.items()), highlight=False)
+    counts = preview.to_dict()["span_tokens"]  # the colour legend too
+    console.print("span tokens: " + ", ".join(f"[{SPAN_STYLES[name]}]{name}[/] {n}" for name, n in counts.items()),
+                  highlight=False)
     limit = f"/ max_length {preview.max_length}" if preview.max_length else ""
     fits = "" if preview.fits else "  [red]TOO LONG: this record would be rejected[/red]"
     console.print(f"tokens: prompt {c.prompt} (image {c.image}) + target {c.target} = total {c.total} {limit}{fits}")
