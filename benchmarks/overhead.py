@@ -13,7 +13,9 @@ with it (span ids in every batch, per-span sums in the loss, their reduction at 
 rounds, timed per optimizer step (``trainer.train()`` only / steps), ratio with / without. The spans themselves
 are computed once per record before training: that cost is reported on its own line.
 
-    python benchmarks/overhead.py --span-loss [--steps 30] [--rounds 4]
+    OMP_NUM_THREADS=1 python benchmarks/overhead.py --span-loss [--steps 30] [--rounds 6]
+
+(One torch thread: on a shared machine, torch's threads waiting for each other made the same run's steps swing 2x.)
 """
 
 from __future__ import annotations
