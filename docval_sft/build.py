@@ -297,22 +297,99 @@ def trainer_class() -> type:
 
     from . import checkpoints
     from .callbacks import InterruptCallback
+    from .spans import SPAN_NAMES, SPANS_COLUMN, SpanCollator
 
     class DocvalTrainer(SFTTrainer):
         generation_eval: Any = None
         _nonfinite_loss: Any = None
+        # Weight of each span's tokens in the loss (SPAN_NAMES order); None: all 1 and the loss is TRL's, untouched.
+        span_weights: Any = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.data_collator = SpanCollator(self.data_collator)  # + span_ids when the dataset has "spans"
+            self._span_batch: tuple[Any, Any, str] | None = None  # the micro-batch now in the forward
+            self._span_stats: dict[str, Any] = {}  # mode -> (2, n_spans): weighted NLL sums, weighted counts
+            # Every rank reduces at each log once any dataset has spans, even a rank that saw no span row: a rank
+            # skipping the collective would hang the others.
+            self._uses_spans = any(SPANS_COLUMN in getattr(d, "column_names", ())
+                                   for d in (self.train_dataset, self.eval_dataset) if d is not None)
+            self.model.register_forward_hook(self._span_hook)
 
         def _set_signature_columns_if_needed(self) -> None:
             # The Trainer drops every column outside these before it builds the sampler, so group_by_length would
-            # never see the token counts of the "length" column; TRL's collator ignores the extra key.
+            # never see the token counts of the "length" column; TRL's collator ignores the extra key. "spans" must
+            # reach SpanCollator.
             super()._set_signature_columns_if_needed()
+            extra = [SPANS_COLUMN]
             if self.args.train_sampling_strategy == "group_by_length":
-                self._signature_columns = [*self._signature_columns, self.args.length_column_name]
+                extra.append(self.args.length_column_name)
+            self._signature_columns = [*self._signature_columns, *extra]
+
+        # ---- per-span loss (docs/training.md): from the per-token log-probs TRL's fused LM head already returns
+
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            span_ids = inputs.pop("span_ids", None)
+            if span_ids is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            mode = "train" if self.model.training else "eval"
+            # Each micro-batch's tokens count as they do in the mean loss: over the optimizer step's labelled
+            # tokens (num_items_in_batch), else over the batch's own (evaluation: each batch's mean loss).
+            if num_items_in_batch is not None and mode == "train":
+                factor = 1.0 / torch.as_tensor(num_items_in_batch, dtype=torch.float32)
+            else:
+                factor = 1.0 / (inputs["labels"][:, 1:] != -100).sum().clamp(min=1).float()
+            self._span_batch = (span_ids, factor, mode)
+            try:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                self._span_batch = None
+
+        def _span_hook(self, module: Any, args: Any, output: Any) -> Any:
+            batch = self._span_batch
+            log_probs = getattr(output, "log_probs", None)
+            if batch is None or log_probs is None:  # generation, or a forward without the fused head
+                return None
+            span_ids, factor, mode = batch
+            ids = span_ids[:, 1:].to(log_probs.device)  # log_probs[:, j] scores the label at position j + 1
+            if ids.shape != log_probs.shape:
+                return None
+            labelled = ids >= 0
+            index = ids.clamp(min=0).flatten()  # unlabelled positions add 0 (their log-prob is 0) to span 0
+            n = len(SPAN_NAMES)
+            stats = torch.zeros(2, n, device=log_probs.device, dtype=torch.float32)
+            stats[0].index_add_(0, index, -log_probs.detach().float().flatten())
+            stats[1].index_add_(0, index, labelled.flatten().float())
+            stats *= factor.to(stats.device)
+            self._span_stats[mode] = stats + self._span_stats[mode] if mode in self._span_stats else stats
+            if self.span_weights is not None:
+                weights = self.span_weights.to(log_probs.device, log_probs.dtype)[ids.clamp(min=0)]
+                output.log_probs = log_probs * weights  # TRL's loss = -sum(log_probs) / labelled tokens
+            return output
+
+        def span_losses(self, mode: str, prefix: str = "") -> dict[str, float]:
+            """``loss_<span>`` since the last call (summed over ranks), then reset; spans with no token left out."""
+            stats = self._span_stats.pop(mode, None)
+            if stats is None:
+                if not self._uses_spans:
+                    return {}
+                stats = torch.zeros(2, len(SPAN_NAMES))
+            stats = self.accelerator.reduce(stats.to(self.args.device), reduction="sum").tolist()
+            return {f"{prefix}loss_{name}": total / count
+                    for name, total, count in zip(SPAN_NAMES, stats[0], stats[1], strict=True) if count > 0}
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if self.model.training and "loss" in logs:
+                logs.update(self.span_losses("train"))
+            super().log(logs, start_time)
 
         def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: Any = None,
                             ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Any:
+            self._span_stats.pop("eval", None)
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                              metric_key_prefix)
+            output.metrics.update(self.span_losses("eval", f"{metric_key_prefix}_"))
             if self.generation_eval is not None and description == "Evaluation":
                 # Merged here, before evaluate() logs the metrics and runs the callbacks: early stopping reads
                 # metric_for_best_model there (added after, it never saw it and silently switched itself off).
@@ -420,4 +497,21 @@ def build_trainer(preset: Preset, model: Any, processor: Any, train_dataset: Any
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; training.log and the progress bar replace it
     trainer.generation_eval = generation_eval
+    trainer.span_weights = span_weight_tensor(preset, train_dataset)
     return trainer
+
+
+def span_weight_tensor(preset: Preset, train_dataset: Any) -> Any:
+    """The preset's ``span_loss_weights`` as a tensor in ``SPAN_NAMES`` order; None when every weight is 1 (the
+    loss then stays TRL's, bit for bit)."""
+    from .spans import SPAN_NAMES, SPANS_COLUMN, parse_weights
+
+    weights = parse_weights(preset.span_loss_weights)
+    if all(w == 1 for w in weights.values()):
+        return None
+    if SPANS_COLUMN not in getattr(train_dataset, "column_names", ()):
+        raise DocvalError("span_loss_weights needs the spans of every training record: build the dataset with "
+                          "to_dataset(..., spans=...) (`docval-sft train` does)")
+    import torch
+
+    return torch.tensor([weights[name] for name in SPAN_NAMES], dtype=torch.float32)

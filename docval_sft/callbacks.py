@@ -44,12 +44,25 @@ class TrainingLogCallback(TrainerCallback):
         if "loss" in logs:
             lr = logs.get("learning_rate")
             self._write(f"Step {step}: loss = {logs['loss']:.4f}" + (f", lr = {lr:.3e}" if lr is not None else ""))
+        spans = span_line(logs, "loss_")
+        if spans:
+            self._write(f"Step {step}: {spans}")
         for key, value in logs.items():
-            if key.startswith("eval_") and isinstance(value, float) and not key.endswith(_UNLOGGED_SUFFIXES):
+            if key.startswith("eval_") and isinstance(value, float) and not key.endswith(_UNLOGGED_SUFFIXES) \
+                    and not key.startswith("eval_loss_"):
                 self._write(f"Step {step}: {key} = {value:.4f}")
+        spans = span_line(logs, "eval_loss_")
+        if spans:
+            self._write(f"Step {step}: {spans}")
         if "train_runtime" in logs:
             self._write(f"Step {step}: train_runtime = {logs['train_runtime']:.1f}s, "
                         f"train_loss = {logs.get('train_loss', float('nan')):.4f}")
+
+
+def span_line(logs: dict[str, float], prefix: str) -> str:
+    """``loss_reasoning = 2.1000, loss_answer = ...`` (per-span losses, docs/training.md) in one line; "" if none."""
+    return ", ".join(f"{key} = {value:.4f}" for key, value in logs.items()
+                     if key.startswith(prefix) and isinstance(value, float))
 
 
 class RichProgressCallback(TrainerCallback):
@@ -94,8 +107,12 @@ class RichProgressCallback(TrainerCallback):
             self.fields["loss"] = f"{logs['loss']:.4f}"
         if "learning_rate" in logs:
             self.fields["lr"] = f"{logs['learning_rate']:.2e}"
+        if "loss_bbox" in logs:
+            self.progress.console.print(f"step {state.global_step}: {span_line(logs, 'loss_')}")
         if "eval_loss" in logs:
-            self.progress.console.print(f"step {state.global_step}: eval_loss = {logs['eval_loss']:.4f}")
+            spans = span_line(logs, "eval_loss_")
+            self.progress.console.print(f"step {state.global_step}: eval_loss = {logs['eval_loss']:.4f}"
+                                        + (f"; {spans}" if spans else ""))
         self.progress.update(self.task, **self.fields)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -70,6 +70,10 @@ def _colour(value: Any, style: str) -> str:
     return f"[{style}]{value}[/{style}]" if value else str(value)
 
 
+SPAN_STYLES = {"reasoning": "green", "answer": "bold magenta", "bbox": "bold yellow", "eos": "bold red",
+               "format": "cyan"}
+
+
 def print_preview(preview: Any, png: Any, console: Console) -> None:
     """The templated prompt (dim), then the labelled span (green): exactly what carries loss."""
     from rich.panel import Panel
@@ -78,10 +82,14 @@ def print_preview(preview: Any, png: Any, console: Console) -> None:
     c = preview.counts
     seq = Text()
     seq.append(preview.prompt_text, style="dim")
-    seq.append(preview.labeled_text, style="bold green")
+    for text, span in preview.segments:  # the labelled tokens, coloured by span (docs/training.md)
+        seq.append(text, style=SPAN_STYLES[span])
     r = preview.record
-    console.print(Panel(seq, title=f"{r.location} - dim: prompt (no loss), green: labelled tokens",
+    console.print(Panel(seq, title=f"{r.location} - dim: prompt (no loss), colours: labelled spans",
                         title_align="left"), highlight=False)
+    counts = preview.to_dict()["span_tokens"]  # the colour legend too
+    console.print("span tokens: " + ", ".join(f"[{SPAN_STYLES[name]}]{name}[/] {n}" for name, n in counts.items()),
+                  highlight=False)
     limit = f"/ max_length {preview.max_length}" if preview.max_length else ""
     fits = "" if preview.fits else "  [red]TOO LONG: this record would be rejected[/red]"
     console.print(f"tokens: prompt {c.prompt} (image {c.image}) + target {c.target} = total {c.total} {limit}{fits}")

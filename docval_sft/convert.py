@@ -84,11 +84,17 @@ def record_target(record: PhaseARecord, bbox_format: BboxFormat = "pixel",
     ``norm1000``/``norm10000`` write the box as 0-1000/0-10000 integers relative to ``image_size`` (width, height),
     in the BBOX line and in every step literal of the teacher box (module docstring).
     """
+    return render_target(*record_parts(record, bbox_format, image_size))
+
+
+def record_parts(record: PhaseARecord, bbox_format: BboxFormat = "pixel",
+                 image_size: tuple[int, int] | None = None) -> tuple[Sequence[str], str, Sequence[float]]:
+    """The steps, answer and box ``record_target`` renders (box and step box literals in ``bbox_format``)."""
     box: Sequence[float] = target_box(record.bbox_pred, bbox_format, image_size)
     if bbox_format == "pixel":
-        return render_target(record.cot_steps, record.answer_pred, box)
+        return record.cot_steps, record.answer_pred, box
     steps = [convert_teacher_box(step, record.bbox_pred, box) for step in record.cot_steps]  # type: ignore[arg-type]
-    return render_target(steps, record.answer_pred, box)
+    return steps, record.answer_pred, box
 
 
 def to_example(record: PhaseARecord, image: Any, bbox_format: BboxFormat = "pixel",
@@ -104,11 +110,12 @@ def to_example(record: PhaseARecord, image: Any, bbox_format: BboxFormat = "pixe
 
 def to_dataset(records: Sequence[PhaseARecord], image_paths: Sequence[Path], bbox_format: BboxFormat = "pixel",
                image_sizes: Sequence[tuple[int, int]] | None = None,
-               lengths: Sequence[int] | None = None) -> Dataset:
+               lengths: Sequence[int] | None = None, spans: Sequence[dict[str, Any]] | None = None) -> Dataset:
     """A ``datasets.Dataset`` whose images are file paths decoded on access (never all in memory).
 
     ``lengths`` (tokens per record, as measured before training) become the ``length`` column that transformers'
-    ``group_by_length`` sampler reads instead of tokenising every record again."""
+    ``group_by_length`` sampler reads instead of tokenising every record again. ``spans`` (``spans.record_spans``
+    of each record) become the ``spans`` column that the per-span loss reads (docs/training.md)."""
     from datasets import Dataset, Image, List
 
     if len(records) != len(image_paths):
@@ -120,4 +127,8 @@ def to_dataset(records: Sequence[PhaseARecord], image_paths: Sequence[Path], bbo
     columns: dict[str, list[Any]] = {key: [row[key] for row in rows] for key in ("prompt", "completion", "images")}
     if lengths is not None:
         columns["length"] = list(lengths)
+    if spans is not None:
+        if len(spans) != len(records):
+            raise ValueError(f"{len(records)} records but {len(spans)} spans")
+        columns["spans"] = list(spans)
     return Dataset.from_dict(columns).cast_column("images", List(Image()))

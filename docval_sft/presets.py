@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from .errors import DocvalError
 from .records import DEFAULT_MAX_FIELD_CHARS
+from .spans import check_weights
 
 GEMMA3_12B = "google/gemma-3-12b-it"
 DEMO_MODEL_DIR = "demo-out/tiny-gemma3"
@@ -81,6 +82,9 @@ class Preset:
     # Checked before tokenising: one absurd record (a 100 MB question took 24 GB to count) is one record error.
     max_field_chars: int = _f(DEFAULT_MAX_FIELD_CHARS, "Longest text field (question, each step, answer) in "
                                                        "characters; longer is a record error, never tokenised.")
+    span_loss_weights: str = _f("", "Loss weight of each part of the target, SPAN:WEIGHT,... with SPAN one of "
+                                    "reasoning, answer, bbox, eos, format (e.g. answer:2,bbox:4; unnamed: 1; "
+                                    "docs/training.md).")
     seed: int = _f(42, "Seed for adapter init, data order and dropout.")
     use_cpu: bool = _f(False, "Train on the CPU even if a GPU is present.")
     dataloader_num_workers: int = _f(0, "Worker processes decoding images and building batches while the model "
@@ -301,6 +305,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
                             "one of " + ", ".join(ATTN_IMPLEMENTATIONS) + " (or a hub kernel 'org/name')"),
     "lora_target_modules": (lambda v: len(v) > 0, "at least one module name"),
     "model_name_or_path": (lambda v: bool(v.strip()), "a model id or directory"),
+    "span_loss_weights": (lambda v: check_weights(v), "SPAN:WEIGHT,... with SPAN in reasoning, answer, bbox, eos, "
+                          "format and WEIGHT a finite number >= 0, not all 0 (e.g. answer:2,bbox:4)"),
 }
 assert set(_RANGES) <= set(_FIELD_TYPES)
 

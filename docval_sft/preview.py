@@ -1,4 +1,4 @@
-"""What the trainer feeds for one record: templated prompt, target, labelled span and token counts.
+"""What the trainer feeds for one record: templated prompt, target, labelled tokens and their spans, token counts.
 
 Built from the batch of TRL's own collator (``TokenCounter.collate``), never from a second implementation of
 templating or masking, so what is previewed is what is trained.
@@ -17,6 +17,7 @@ from .format import BboxFormat, target_box
 from .images import ImageProblem, check_image, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter
 from .records import PhaseARecord, check_box_in_image, load_records
+from .spans import SPAN_NAMES, record_spans, span_counts, token_span_ids
 
 
 def select_record(data_file: Path, image_dir: Path, *, index: int | None = None, image_id: str | None = None,
@@ -68,6 +69,8 @@ class Preview:
     max_length: int | None
     bbox_format: BboxFormat
     target_bbox: list[float]  # the box as the target writes it, in bbox_format's frame (record.bbox_pred: pixels)
+    spans: dict[str, Any]  # token ranges [start, end) from the first labelled token (spans.record_spans)
+    segments: list[tuple[str, str]]  # the labelled text cut into (text, span name) runs, in order
 
     @property
     def fits(self) -> bool:
@@ -85,6 +88,10 @@ class Preview:
             "max_length": self.max_length, "fits": self.fits, "bbox_format": self.bbox_format,
             "bbox": list(r.bbox_pred), "bbox_gt": list(r.bbox_gt) if r.bbox_gt else None,  # pixels, always
             "target_bbox": self.target_bbox,
+            # token ranges [start, end) counted from the first labelled token, which is token n_prompt_tokens of
+            # the sequence; "reasoning" is the steps' text, "format" every labelled token in no other span
+            "spans": {k: self.spans[k] for k in ("steps", "answer", "bbox", "eos")},
+            "span_tokens": span_counts(self.spans),
         }
 
 
@@ -101,6 +108,10 @@ def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, ma
     labeled_text = tok.decode(labels[labelled])
     suffix = labeled_text[len(target):] if labeled_text.startswith(target) else ""
     stop_tokens = [t for t in ("<end_of_turn>", tok.eos_token) if t]
+    spans = record_spans(record, processor, bbox_format, image.size)
+    if spans["n_tokens"] != count.target:
+        raise DocvalError(f"{record.location}: spans cover {spans['n_tokens']} tokens but {count.target} are "
+                          "labelled")
     image_token = getattr(tok, "image_token", None) or "<image_soft_token>"
     return Preview(
         record=record, image_path=image_path, image_size=image.size,
@@ -109,4 +120,17 @@ def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, ma
         labels_ok=labeled_text.startswith(target) and any(suffix.strip() == t for t in stop_tokens),
         counts=count, max_length=max_length, bbox_format=bbox_format,
         target_bbox=list(target_box(record.bbox_pred, bbox_format, image.size)),
+        spans=spans, segments=span_segments(labels[labelled].tolist(), spans, tok),
     )
+
+
+def span_segments(label_ids: list[int], spans: dict[str, Any], tokenizer: Any) -> list[tuple[str, str]]:
+    """The labelled tokens decoded run by run, each run one span (what the terminal preview colours)."""
+    ids = token_span_ids(spans)
+    out: list[tuple[str, str]] = []
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[start]:
+            out.append((tokenizer.decode(label_ids[start:i]), SPAN_NAMES[ids[start]]))
+            start = i
+    return out

@@ -555,14 +555,16 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
     from .build import SaveFailed, build_trainer, load_model, save_failure
     from .callbacks import InterruptCallback, RichProgressCallback, TrainingLogCallback
     from .convert import to_dataset
+    from .spans import record_spans
 
     out = run.output_dir
     main = state.is_main_process
     fmt = run.preset.bbox_format
 
     def dataset(split: Any) -> Any:
+        spans = [record_spans(r, processor, fmt, size) for r, size in zip(split.records, split.image_sizes)]
         return to_dataset(split.records, split.image_paths, fmt, split.image_sizes,
-                          [count.total for count in split.token_counts])
+                          [count.total for count in split.token_counts], spans=spans)
 
     train_ds = dataset(data.train)
     eval_ds = dataset(data.val) if data.val else None

@@ -141,6 +141,18 @@ NOT_RUN: dict[str, str] = {
     "'$OUT/gpu.jsonl' --presets h100 a100 a100:lora_dropout=0 "
     "a100:per_device_train_batch_size=4,gradient_accumulation_steps=4 a100:gradient_checkpointing=false,lora_dropout=0 "
     "3090-8bit full-ft": "a 12B model on the lent GPU machine (see above)",
+    # docs/training.md's box-weight experiment: 300 steps of the 12B model per run, and a student that learns boxes
+    # (the tiny random model's IoU stays ~0); tests/test_spans.py runs span_loss_weights on the tiny model.
+    **dict.fromkeys([
+        "docval-sft train --preset a100 --train-data D3_train.json --val-data D4_val.json --image-dir cot_data "
+        "--output-dir runs/bbox1 --set max_steps=300",
+        "docval-sft train --preset a100 --train-data D3_train.json --val-data D4_val.json --image-dir cot_data "
+        "--output-dir runs/bbox4 --set max_steps=300 --set span_loss_weights=bbox:4",
+        "docval-sft evaluate --adapter runs/bbox1/final --test-data D_test.json --image-dir cot_data --output-dir "
+        "runs/bbox1/eval",
+        "docval-sft evaluate --adapter runs/bbox4/final --test-data D_test.json --image-dir cot_data --output-dir "
+        "runs/bbox4/eval",
+    ], "the box-weight experiment of docs/training.md: a GPU and a student that learns boxes"),
 }
 
 
