@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import DocvalError
 from .presets import DEMO_MODEL_DIR, GEMMA3_12B, PRESETS, Preset, get_preset
 
 Status = Literal["ok", "note", "warn", "fail"]
@@ -575,13 +576,21 @@ def check_disk(m: Machine, preset: Preset) -> list[Finding]:
     return [Finding("disk", "ok", f"{where}; the {preset.name} run needs about {_size(need)} ({how})")]
 
 
-# ESTIMATOR PLUG-IN: the single place that says how much GPU memory a preset needs. Until the memory estimator
-# (docval_sft/estimate.py) lands, it answers with the memory the preset states it is sized for; then it should
-# return the estimator's peak for the preset (and say so in the second value).
+# The single place that says how much GPU memory a preset needs: the guide's presets answer with the card they are
+# sized for (the estimator assumes records as long as max_length without data, which is far above the guide's
+# records); any other preset with the estimator's peak (docval_sft/estimate.py).
 def gpu_memory_needed_gb(preset: Preset) -> tuple[float | None, str]:
     """(GB of GPU memory per device, where the figure comes from); None when unknown (a custom preset)."""
     stated = STATED_GPU_MEMORY_GB.get(preset.name)
-    return stated, "the memory the preset is sized for"
+    if stated is not None:
+        return stated, "the memory the preset is sized for"
+    from .estimate import fits
+
+    try:
+        peak = fits(preset).total_gib * 2**30 / 1e9
+    except DocvalError:  # a model the estimator does not know
+        return None, "unknown"
+    return round(peak, 1), "estimated at max_length, docval_sft.estimate"
 
 
 def fit_preset(preset: Preset, m: Machine) -> Fit:

@@ -260,6 +260,25 @@ def test_skip_bad_with_nothing_usable(demo: Any, tmp_path: Path) -> None:
     assert_no_run_left(out)
 
 
+def test_skip_bad_trains_on_the_rest_and_writes_the_skipped_records_into_the_run(demo: Any, tmp_path: Path) -> None:
+    """`train --skip-bad`: two bad records among the good ones are skipped, listed in OUTPUT/skipped.jsonl (file,
+    record index, field, code) and left out of the count of records trained on."""
+    good = json.loads((DATA / "good.json").read_text(encoding="utf-8"))
+    first = good[0]
+    rows = [*good, {**first, "question": ""}, {**first, "bbox_pred": [10, 10, 5, 5]}]
+    data = tmp_path / "mixed.json"
+    data.write_text(json.dumps(rows), encoding="utf-8")
+    out = tmp_path / "out"
+    result = invoke(*train_args(demo, data, out, "--skip-bad"))
+    assert result.exit_code == 0, (result.output, result.exception)
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["index"], r["field"]) for r in skipped] == [(len(good), "question"), (len(good) + 1, "bbox_pred")]
+    assert all(r["file"] == str(data) and r["split"] == "train" and r["code"] for r in skipped)
+    config = json.loads((out / "training_config.json").read_text())
+    assert (config["data"]["train"]["records"], config["data"]["train"]["usable"]) == (len(rows), len(good))
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+
+
 # ------------------------------------------------------------------ output directory
 
 

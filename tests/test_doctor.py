@@ -46,7 +46,8 @@ def test_doctor_on_this_cpu_machine_says_no_gpu_and_the_demo_runs(demo_cwd: Path
     report = json.loads(runner.invoke(app, ["doctor", "--json", "--output-dir", "demo-out/run"]).stdout)
     assert report["can_start"] is True and report["recommended_preset"] == "demo" and report["preset"] == "demo"
     fits = {f["preset"]: f["fits"] for f in report["presets"]}
-    assert fits == {"a100": False, "h100": False, "3090-8bit": False, "full-ft": False, "demo": True}
+    assert fits == {"a100": False, "h100": False, "3090-8bit": False, "full-ft": False, "4b-24gb": False,
+                    "27b-4bit": False, "demo": True}
     checks = {c["topic"]: c for c in report["checks"]}
     assert checks["gpu"]["status"] == "warn" and checks["gpu"]["fix"]
     assert checks["model"]["status"] == "ok" and "local directory" in checks["model"]["text"]

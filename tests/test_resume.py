@@ -101,3 +101,27 @@ def test_resume_uses_the_checkpoints_weights(straight: tuple[str, Path], tmp_pat
     assert result.exit_code == 0, result.output
     straight_loss, altered_loss = step_losses(out, "checkpoint-6")[4], step_losses(resumed, "checkpoint-6")[4]
     assert abs(altered_loss - straight_loss) > 1e-3, (altered_loss, straight_loss)
+
+
+def test_final_is_what_sample_and_evaluate_load(straight: tuple[str, Path], demo) -> None:
+    """`docval-sft sample/evaluate --adapter OUTPUT/final` load final/'s weights (the best checkpoint's), for a full
+    fine-tune too (a full model + processor, no adapter), and generate from them."""
+    from PIL import Image
+
+    from docval_sft.inference import generate, load_student
+    from docval_sft.records import load_records
+
+    kind, out = straight
+    student = load_student(None, out / "final")
+    best = weights(out / "checkpoint-3", kind)
+    if kind == "lora":  # PEFT names the adapter in the loaded model: ...lora_B.default.weight
+        loaded = {k.replace(".default", ""): v for k, v in student.model.state_dict().items() if "lora_" in k}
+    else:
+        loaded = student.model.state_dict()
+    shared = [k for k in best if k in loaded]
+    assert len(shared) == len(best) > 0, sorted(set(best) - set(loaded))[:5]
+    assert all(torch.equal(loaded[k].to(best[k].dtype), best[k]) for k in shared)
+    record = load_records(demo.data.val).records[0]
+    image = Image.open(next(demo.data.image_dir.rglob(record.image_file))).convert("RGB")
+    (text,) = generate(student, [image], [record.question], max_new_tokens=4)
+    assert isinstance(text, str) and text
