@@ -80,6 +80,25 @@ def _bbox_format(value: str) -> Any:
     return coerce_fields({"bbox_format": value}, source="--bbox-format")["bbox_format"]
 
 
+def _check_light(*, data: tuple[Optional[Path], ...] = (), model: Optional[str] = None,
+                 student: Optional[tuple[Optional[str], Optional[Path]]] = None, dtype: str = "auto") -> None:
+    """Refusals that need no heavy import, made before a command imports torch/transformers (~6 s): data files
+    that cannot be opened, a model that is neither a directory nor on the hub, a student's paths, a dtype."""
+    from .files import check_readable
+
+    check_readable(*data)
+    if student is not None:
+        from .inference import DTYPES, resolve_student
+
+        if dtype != "auto" and dtype not in DTYPES:
+            raise DocvalError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+        _, _, _, model = resolve_student(*student)  # the paths; then the weights it loads first
+    if model is not None:
+        from .sources import check_model_source
+
+        check_model_source(model)
+
+
 @command("validate-data")
 def validate_data_cmd(
     train_data: TrainData,
@@ -102,6 +121,7 @@ def validate_data_cmd(
 
     if max_length is not None and model is None:
         raise DocvalError("--max-length needs --model (token counts come from the model's processor)")
+    _check_light(data=(train_data, val_data), model=model)
     console = _console(as_json)
     from .build import load_processor
 
@@ -297,7 +317,7 @@ def train_cmd(
     set_fields: SetFields = None,
 ) -> None:
     """Train the student on a preset; flags override the preset (and --config), --resume continues a run."""
-    from .train import dry_run as plan, resolve_run, resume_run, train
+    from .train import check_inputs, check_start, dry_run as plan, resolve_run, resume_run, train
 
     overrides = _overrides(locals(), set_fields)
     run_values = {"train_data": train_data, "image_dir": image_dir, "output_dir": output_dir, "val_data": val_data,
@@ -314,6 +334,11 @@ def train_cmd(
             raise DocvalError(f"--output-dir {output_dir} differs from the resumed run's directory {run.output_dir}")
     else:
         run, checkpoint = resolve_run(preset, config_file=config, overrides=overrides, run_values=run_values), None
+    # Refusals on the user's input come before train/dry_run import transformers and trl (~6 s).
+    if dry_run:
+        check_inputs(run)
+    else:
+        check_start(run, resume=checkpoint is not None, overwrite=overwrite)
     if dry_run:
         resolved = plan(run, show_progress=not as_json, resume=checkpoint is not None, overwrite=overwrite)
         _print_plan(resolved, as_json)
@@ -332,9 +357,10 @@ def resume_cmd(
     set_fields: SetFields = None,
 ) -> None:
     """Continue an interrupted run with the configuration saved in its training_config.json."""
-    from .train import resume_run, train
+    from .train import check_start, resume_run, train
 
     run, checkpoint = resume_run(run_dir, _overrides({}, set_fields))
+    check_start(run, resume=True, overwrite=False)
     for note in checkpoint.notes():
         typer.echo(f"note: {note}")
     action = "writing final/ of" if checkpoint.finished else "resuming"
@@ -405,13 +431,15 @@ def preview_sample_cmd(
     if index is not None and image_id is not None:
         raise DocvalError("give --index or --image-id, not both")
     settings = get_preset(preset or "a100")
+    fmt = _bbox_format(bbox_format or settings.bbox_format)
+    record, image_path = select_record(train_data, image_dir, index=index, image_id=image_id,
+                                       allow_absolute_paths=allow_absolute_paths)
+    _check_light(model=model or settings.model_name_or_path)
     from .build import load_processor
 
     processor = load_processor(model or settings.model_name_or_path)
-    record, image_path = select_record(train_data, image_dir, index=index, image_id=image_id,
-                                       allow_absolute_paths=allow_absolute_paths)
     result = preview_sample(record, image_path, processor, max_length=max_length or settings.max_length,
-                            bbox_format=_bbox_format(bbox_format or settings.bbox_format))
+                            bbox_format=fmt)
     if out is not None:
         from .annotate import GROUND_TRUTH, TEACHER, Box, draw_boxes
 
@@ -459,6 +487,7 @@ def sample_cmd(
         raise DocvalError("give --image and --question, or --data FILE --image-dir DIR --index N")
     elif not image.is_file():
         raise DocvalError(f"--image {image}: no such file")
+    _check_light(student=(model, adapter), dtype=dtype)
     console = _console(as_json)
     student = load_student(model, adapter, dtype=dtype)
     console.print(f"[dim]{student.source}; {question}[/dim]", highlight=False)
@@ -483,8 +512,9 @@ def merge_cmd(
     dtype: Annotated[str, typer.Option("--dtype", help="Dtype of the merged weights: bfloat16, float16 or float32.")] = "bfloat16",
 ) -> None:
     """Merge a LoRA adapter into its base: a full model that AutoModelForImageTextToText loads (Phase B2)."""
-    from .merge import merge_adapter
+    from .merge import check_merge, merge_adapter
 
+    check_merge(model, adapter, out, dtype=dtype)
     merged = merge_adapter(model, adapter, out, dtype=dtype)
     typer.echo(f"merged model + processor in {merged}")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import checkpoints
 from .errors import DocvalError
-from .files import LOCK_FILE, RunLock, write_json_atomic, write_model_info
+from .files import LOCK_FILE, RunLock, check_readable, write_json_atomic, write_model_info
 from .presets import Preset, check_preset, coerce_fields, get_preset
 
 CONFIG_FILE = "training_config.json"
@@ -359,6 +359,25 @@ def check_reporters(report_to: tuple[str, ...]) -> None:
             raise DocvalError(f"unknown report target {name!r}; use --tensorboard or --wandb")
         if importlib.util.find_spec(module) is None:
             raise DocvalError(f"--{name} needs the {module} package: pip install 'docval-sft[{name}]'")
+
+
+def check_inputs(run: RunConfig) -> None:
+    """The data files can be opened (their records are checked later, with the model's processor; the image root
+    only matters to records that look their image up there)."""
+    check_readable(run.train_data, run.val_data)
+
+
+def check_start(run: RunConfig, *, resume: bool, overwrite: bool) -> None:
+    """What a start can refuse on the user's input without importing torch/transformers (~6 s): the paths, the
+    output dir, reporters, the attention kernel and where the model comes from. The command line calls it first,
+    so a refusal answers in well under a second; :func:`train` checks the same again."""
+    check_inputs(run)
+    check_output_dir(run.output_dir, resume=resume, overwrite=overwrite)
+    check_reporters(run.report_to)
+    check_model_options(run.preset)
+    from .sources import check_model_source
+
+    check_model_source(run.preset.model_name_or_path)
 
 
 @dataclass
