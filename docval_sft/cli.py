@@ -12,10 +12,45 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from .errors import DocvalError
 
+
+def _switches_without_type() -> None:
+    """Help shows no ``<bool>`` after a switch (``--overwrite``, ``--use-lora/--no-lora``): it takes no value.
+    typer 0.29 prints a type for every option and has no setting for this; ``None`` is its "no type" value."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "docval_switches", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> Optional[str]:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.docval_switches = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_switches_without_type()
+
+
+class _Group(TyperGroup):
+    """``--debug`` anywhere on the line (``docval-sft train ... --debug``), not only before the command: it is moved
+    to the front, where the root callback reads it."""
+
+    def main(self, args: Optional[list[str]] = None, *rest: Any, **kwargs: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[1:end]:
+            args.remove("--debug")
+            args.insert(0, "--debug")
+        return super().main(args, *rest, **kwargs)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="docval-sft",
     help="Fine-tune a vision-language student on DocVAL Phase A traces (7-step CoT + answer + bbox).",
     no_args_is_help=True,
@@ -48,12 +83,13 @@ def command(name: str, app: typer.Typer = app) -> Callable[[F], F]:
             except DocvalError as exc:
                 if _state["debug"]:
                     raise
-                typer.echo(f"error: {exc}", err=True)
+                # a stop the user asked for (Ctrl-C, SIGTERM) with its resume command is not an error
+                typer.echo(("" if getattr(exc, "requested_stop", False) else "error: ") + str(exc), err=True)
                 raise typer.Exit(getattr(exc, "exit_code", 2)) from None
             except KeyboardInterrupt:
                 if _state["debug"]:
                     raise
-                typer.echo("error: interrupted", err=True)
+                typer.echo("stopped by SIGINT (Ctrl-C)", err=True)
                 raise typer.Exit(130) from None
 
         app.command(name)(run)
@@ -154,6 +190,13 @@ def make_demo_data_cmd(
     """Write synthetic documents + Phase A records (CORD/, DocVQA/, ...) and a tiny Gemma-3-shaped model."""
     from .demo import make_demo
 
+    blocker = next((p for p in (out_dir, *out_dir.absolute().parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise DocvalError(f"{out_dir}: {blocker} is a file, not a directory; choose a folder")
+    if not no_model:  # transformers' "Writing model shards" bar is not ours
+        from .quiet import quiet_libraries
+
+        quiet_libraries()
     demo = make_demo(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, with_model=not no_model)
     typer.echo(f"demo data: train {demo.data.train}, val {demo.data.val}, test {demo.data.test}, "
                f"images {demo.data.image_dir}")
@@ -174,36 +217,11 @@ def _presets_list(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from rich.console import Console
-    from rich.table import Table
 
-    from .presets import PRESETS
+    from .console import print_presets
+    from .presets import PRESETS, measured_performance
 
-    from .presets import measured_performance
-
-    measured = measured_performance()
-    table = Table(title="docval-sft presets")
-    for col in ("name", "model", "LoRA", "weights", "batch x accum", "lr", "max_length", "measured"):
-        table.add_column(col, overflow="fold", no_wrap=col == "name")
-    for p in PRESETS.values():
-        lora = f"r{p.lora_r}/a{p.lora_alpha}" + (" +vision" if p.lora_vision_tower else "") if p.use_lora else "full"
-        quant = "8-bit" if p.load_in_8bit else "4-bit" if p.load_in_4bit else p.dtype
-        table.add_row(p.name, p.model_name_or_path, lora, quant,
-                      f"{p.per_device_train_batch_size} x {p.gradient_accumulation_steps}", f"{p.learning_rate:g}",
-                      str(p.max_length), _measured_cell(measured.get(p.name)))
-    console = Console()
-    console.print(table)
-    for p in PRESETS.values():
-        console.print(f"[bold]{p.name}[/bold]: {p.description}", highlight=False)
-    console.print("Details: docval-sft presets show NAME [--yaml]. Measurements: docs/performance.md"
-                  + ("" if measured else " (no GPU measurement recorded yet)"))
-
-
-def _measured_cell(m: Optional[dict[str, Any]]) -> str:
-    if not m:
-        return "not yet"
-    mfu = f", MFU {m['mfu']:.0%}" if m.get("mfu") else ""
-    return (f"{m['s_per_step']:.2f} s/step{mfu}, peak {m['peak_gpu_mem_gib']} GiB, guide run "
-            f"{m['guide_run_hours']:.1f} h ({m['device']}, {m['date']})")
+    print_presets(list(PRESETS.values()), measured_performance(), Console())
 
 
 @command("show", app=presets_app)
@@ -221,15 +239,10 @@ def presets_show_cmd(
         typer.echo(yaml.safe_dump(preset.to_dict(), sort_keys=False), nl=False)
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"preset {name}: {preset.description}")
-    for col in ("field", "value", "effect"):
-        table.add_column(col, overflow="fold")
-    helps = field_help()
-    for key, value in preset.to_dict().items():
-        table.add_row(key, repr(value), helps[key])
-    Console().print(table)
+    from .console import print_preset
+
+    print_preset(preset, field_help(), Console())
 
 
 # ---------------------------------------------------------------- train / resume
@@ -326,14 +339,15 @@ def train_cmd(
     if resume is not None:
         if config:
             raise DocvalError("--resume continues a saved run: drop --config (the run's own configuration is used)")
-        run, checkpoint = resume_run(resume, overrides, run_values)
+        run, checkpoint = resume_run(resume, overrides, run_values, source="command line")
         if preset and preset != run.base_preset:
             raise DocvalError(f"--preset {preset}: the run was started with preset {run.base_preset}; a resume "
                               "continues the saved run unchanged (drop --preset)")
         if output_dir is not None and output_dir.resolve() != run.output_dir.resolve():
             raise DocvalError(f"--output-dir {output_dir} differs from the resumed run's directory {run.output_dir}")
     else:
-        run, checkpoint = resolve_run(preset, config_file=config, overrides=overrides, run_values=run_values), None
+        run, checkpoint = resolve_run(preset, config_file=config, overrides=overrides, run_values=run_values,
+                                      source="command line"), None
     # Refusals on the user's input come before train/dry_run import transformers and trl (~6 s).
     if dry_run:
         check_inputs(run)
@@ -345,10 +359,33 @@ def train_cmd(
         if not resolved["ok"]:
             raise typer.Exit(1)
         return
+    if as_json:  # stdout carries only the JSON object: the log lines (and any bar) go to stderr
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            result = train(run, resume_from=checkpoint, overwrite=overwrite)
+        if result.main_process:
+            typer.echo(json.dumps(_plain(_train_summary(result, run)), ensure_ascii=False))
+        return
     result = train(run, resume_from=checkpoint, overwrite=overwrite)
     if result.main_process:
         typer.echo(f"done: {result.global_step} steps; {'adapter' if run.preset.use_lora else 'model'} and processor in {result.final_dir}; "
                    f"log in {run.output_dir / 'training.log'}")
+
+
+def _train_summary(result: Any, run: Any) -> dict[str, Any]:
+    """``train --json``: where the result is and what the run logged (the Trainer's log history, split by kind)."""
+    history = result.log_history
+    evaluations = [entry for entry in history if any(key.startswith("eval_") for key in entry)]
+    end = next((entry for entry in reversed(history) if "train_runtime" in entry), {})
+    return {
+        "output_dir": str(run.output_dir), "final_dir": str(result.final_dir),
+        "saved": "adapter" if run.preset.use_lora else "model", "training_log": str(run.output_dir / "training.log"),
+        "global_step": result.global_step, "train_loss": end.get("train_loss"),
+        "train_runtime_s": end.get("train_runtime"),
+        "losses": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
+        "evaluations": evaluations, "final_metrics": evaluations[-1] if evaluations else None,
+    }
 
 
 @command("resume")
@@ -359,7 +396,7 @@ def resume_cmd(
     """Continue an interrupted run with the configuration saved in its training_config.json."""
     from .train import check_start, resume_run, train
 
-    run, checkpoint = resume_run(run_dir, _overrides({}, set_fields))
+    run, checkpoint = resume_run(run_dir, _overrides({}, set_fields), source="command line")
     check_start(run, resume=True, overwrite=False)
     for note in checkpoint.notes():
         typer.echo(f"note: {note}")
@@ -557,7 +594,7 @@ def evaluate_cmd(
             if value != default:
                 again += [flag, str(value)]
         saved = f"{exc}; " if isinstance(exc, EvaluationInterrupted) else ""
-        typer.echo(f"interrupted: {saved}continue with: {shlex.join([*again, '--resume'])}", err=True)
+        typer.echo(f"stopped by SIGINT: {saved}continue with: {shlex.join([*again, '--resume'])}", err=True)
         raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result.summary, ensure_ascii=False))

@@ -87,8 +87,10 @@ def resolve_run(
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
     run_values: dict[str, Any] | None = None,
+    source: str = "overrides",
 ) -> RunConfig:
-    """Preset < YAML file < flags. ``overrides`` are preset fields, ``run_values`` data/output locations."""
+    """Preset < YAML file < flags. ``overrides`` are preset fields, ``run_values`` data/output locations; ``source``
+    names the overrides in errors (the command line says "command line")."""
     yaml_values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
     # `name` is what `presets show NAME --yaml` prints first: it selects the preset, like `preset`.
     yaml_preset = yaml_values.pop("preset", None) or yaml_values.pop("name", None)
@@ -96,7 +98,7 @@ def resolve_run(
     name = preset_name or yaml_preset or "a100"
     yaml_run = {k: yaml_values.pop(k) for k in list(yaml_values) if k in RUN_FIELDS}
     preset = get_preset(name).with_overrides(yaml_values, source=str(config_file), preset=name)
-    preset = preset.with_overrides(overrides or {}, source="command line", preset=name)
+    preset = preset.with_overrides(overrides or {}, source=source, preset=name)
     values = {**yaml_run, **{k: v for k, v in (run_values or {}).items() if v is not None}}
     for required in ("train_data", "image_dir", "output_dir"):
         if not values.get(required):
@@ -207,9 +209,10 @@ def latest_checkpoint(output_dir: Path) -> Path:
     return checkpoints.latest(output_dir).latest  # type: ignore[return-value]
 
 
-def check_resume_conflicts(saved: RunConfig, overrides: dict[str, Any], run_values: dict[str, Any]) -> None:
+def check_resume_conflicts(saved: RunConfig, overrides: dict[str, Any], run_values: dict[str, Any],
+                           source: str = "overrides") -> None:
     """A resumed run continues unchanged: an override that differs from the saved configuration is an error."""
-    checked = coerce_fields(overrides, source="command line")
+    checked = coerce_fields(overrides, source=source, preset=saved.base_preset)
     for name, value in checked.items():
         if getattr(saved.preset, name) != value:
             raise DocvalError(f"field '{name}': the run was started with {getattr(saved.preset, name)!r}, the "
@@ -240,7 +243,7 @@ class Resume:
 
 
 def resume_run(target: Path, overrides: dict[str, Any] | None = None,
-               run_values: dict[str, Any] | None = None) -> tuple[RunConfig, Resume]:
+               run_values: dict[str, Any] | None = None, source: str = "overrides") -> tuple[RunConfig, Resume]:
     """``target`` is a run directory (its newest complete checkpoint) or a checkpoint-N folder inside one."""
     if not target.exists():
         raise DocvalError(f"{target}: no such run directory or checkpoint")
@@ -263,7 +266,7 @@ def resume_run(target: Path, overrides: dict[str, Any] | None = None,
     if (output_dir / FINAL_DIR).is_dir():
         raise DocvalError(f"{output_dir} is a finished run ({output_dir / FINAL_DIR} exists): nothing to resume; "
                           "train a new run in another --output-dir to train further")
-    check_resume_conflicts(saved, overrides or {}, run_values or {})
+    check_resume_conflicts(saved, overrides or {}, run_values or {}, source)
     assert found.latest is not None
     return saved, Resume(found.latest, found.skipped, checkpoints.finished(found.latest))
 
@@ -460,14 +463,17 @@ def _on_main_then_shared(state: Any, work: Any) -> Any:
 
 
 class Interrupted(DocvalError):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit code 128 + signal number."""
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit code 128 + signal number. A stop the user
+    asked for, not an error: the command line prints it without "error:"."""
+
+    requested_stop = True
 
     def __init__(self, signum: int, output_dir: Path, step: int | None) -> None:
         import signal
 
         name = signal.Signals(signum).name if signum else "a signal on another rank"
         self.exit_code = 128 + signum if signum else 1
-        super().__init__(f"interrupted by {name} at step {step}: checkpoint saved in "
+        super().__init__(f"stopped by {name} at step {step}: checkpoint saved in "
                          f"{output_dir / f'checkpoint-{step}'}; continue with: docval-sft resume {output_dir}")
 
 
