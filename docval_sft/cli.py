@@ -461,7 +461,7 @@ def preview_sample_cmd(
     allow_absolute_paths: AllowAbs = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Show exactly what the trainer feeds for one record: prompt, target, labelled tokens, counts, boxes."""
+    """Show exactly what the trainer feeds for one record: prompt, target, labeled tokens, counts, boxes."""
     from .preview import preview_sample, select_record
     from .presets import get_preset
 

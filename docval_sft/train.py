@@ -91,7 +91,7 @@ def resolve_run(
 ) -> RunConfig:
     """Preset < YAML file < flags. ``overrides`` are preset fields, ``run_values`` data/output locations; ``source``
     names the overrides in errors (the command line says "command line")."""
-    yaml_values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
+    yaml_values: dict[str, Any] = load_yaml_config(config_file, preset_name) if config_file else {}
     # `name` is what `presets show NAME --yaml` prints first: it selects the preset, like `preset`.
     yaml_preset = yaml_values.pop("preset", None) or yaml_values.pop("name", None)
     yaml_values.pop("name", None)
@@ -113,7 +113,8 @@ def resolve_run(
     )
 
 
-def load_yaml_config(path: Path) -> dict[str, Any]:
+def load_yaml_config(path: Path, preset: str | None = None) -> dict[str, Any]:
+    """The run YAML's mapping, checked; ``preset``: the one given besides it (--preset), named in errors."""
     import yaml
 
     try:
@@ -139,7 +140,7 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         raise DocvalError(f"{path}: key 'report_to': expected a list of names, got {data['report_to']!r}")
     unknown = [k for k in data if k not in RUN_FIELDS and k != "preset" and k not in Preset.__dataclass_fields__]
     if unknown:
-        shown = data.get("preset") or data.get("name") or "a100"
+        shown = preset or data.get("preset") or data.get("name") or "a100"  # the preset in use
         raise DocvalError(f"{path}: unknown key '{unknown[0]}'; keys are preset fields (see `docval-sft presets show "
                           f"{shown}`) or {', '.join(sorted(RUN_FIELDS))}")
     return dict(data)
