@@ -155,7 +155,7 @@ def test_annotated_png_wraps_the_caption_and_keeps_labels_off_the_page(tmp_path:
     line just above the box (labels go to the legend below the page)."""
     from PIL import Image, ImageDraw
 
-    from docval_sft.annotate import MARGIN, TEACHER, Box, draw_boxes, font_for, wrap_text
+    from docval_sft.annotate import MARGIN, TEACHER, Box, _line_height, draw_boxes, font_for, wrap_text
 
     src = tmp_path / "receipt.png"
     page = Image.new("RGB", (300, 400), "white")
@@ -172,7 +172,12 @@ def test_annotated_png_wraps_the_caption_and_keeps_labels_off_the_page(tmp_path:
     with Image.open(out) as img:
         img = img.convert("RGB")
         top = next(y for y in range(img.height) if img.getpixel((1, y)) == (255, 255, 255))  # where the page starts
-        assert top >= len(lines) * font.size  # every caption line has its room
+        line_h = _line_height(font)
+        assert top >= len(lines) * line_h  # every caption line has its room
+        for k in range(len(lines)):  # each line drawn (white text), none running into the right edge
+            row = img.crop((0, MARGIN + k * line_h, page.width, MARGIN + (k + 1) * line_h))
+            white = [x for x in range(row.width) for y in range(row.height) if min(row.getpixel((x, y))) > 200]
+            assert white and max(white) < page.width - MARGIN // 2, k
         assert img.height > top + page.height  # the legend band below
         # the neighbourhood above the box (30 px, over the box's width) is the page as it was
         x1, y1, x2, _ = box
