@@ -577,6 +577,10 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
     if main and resume_from is not None:
         for note in resume_from.notes():
             log.note(note)
+    workers, cpus = run.preset.dataloader_num_workers, _cpus()
+    if main and workers > cpus:  # torch's own warning about it is silenced (quiet.py)
+        log.note(f"dataloader_num_workers {workers} > {cpus} CPUs here: the workers share them "
+                 f"(--set dataloader_num_workers={cpus})")
     generation_eval = None
     if data.val is not None and run.preset.eval_generate > 0:
         from .evaluate import GenerationEval
@@ -629,6 +633,16 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
             from exc
     state.wait_for_everyone()
     return TrainResult(out, final, trainer.state.global_step, list(trainer.state.log_history), main)
+
+
+def _cpus() -> int:
+    """CPUs this process may use (its affinity, as torch's DataLoader counts them)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _restore_finished(trainer: Any, checkpoint: Path, out: Path) -> None:
