@@ -12,10 +12,45 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from .errors import DocvalError
 
+
+def _switches_without_type() -> None:
+    """Help shows no ``<bool>`` after a switch (``--overwrite``, ``--use-lora/--no-lora``): it takes no value.
+    typer 0.29 prints a type for every option and has no setting for this; ``None`` is its "no type" value."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "docval_switches", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> Optional[str]:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.docval_switches = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_switches_without_type()
+
+
+class _Group(TyperGroup):
+    """``--debug`` anywhere on the line (``docval-sft train ... --debug``), not only before the command: it is moved
+    to the front, where the root callback reads it."""
+
+    def main(self, args: Optional[list[str]] = None, *rest: Any, **kwargs: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[1:end]:
+            args.remove("--debug")
+            args.insert(0, "--debug")
+        return super().main(args, *rest, **kwargs)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="docval-sft",
     help="Fine-tune a vision-language student on DocVAL Phase A traces (7-step CoT + answer + bbox).",
     no_args_is_help=True,
@@ -48,12 +83,13 @@ def command(name: str, app: typer.Typer = app) -> Callable[[F], F]:
             except DocvalError as exc:
                 if _state["debug"]:
                     raise
-                typer.echo(f"error: {exc}", err=True)
+                # a stop the user asked for (Ctrl-C, SIGTERM) with its resume command is not an error
+                typer.echo(("" if getattr(exc, "requested_stop", False) else "error: ") + str(exc), err=True)
                 raise typer.Exit(getattr(exc, "exit_code", 2)) from None
             except KeyboardInterrupt:
                 if _state["debug"]:
                     raise
-                typer.echo("error: interrupted", err=True)
+                typer.echo("stopped by SIGINT (Ctrl-C)", err=True)
                 raise typer.Exit(130) from None
 
         app.command(name)(run)
@@ -80,6 +116,25 @@ def _bbox_format(value: str) -> Any:
     return coerce_fields({"bbox_format": value}, source="--bbox-format")["bbox_format"]
 
 
+def _check_light(*, data: tuple[Optional[Path], ...] = (), model: Optional[str] = None,
+                 student: Optional[tuple[Optional[str], Optional[Path]]] = None, dtype: str = "auto") -> None:
+    """Refusals that need no heavy import, made before a command imports torch/transformers (~6 s): data files
+    that cannot be opened, a model that is neither a directory nor on the hub, a student's paths, a dtype."""
+    from .files import check_readable
+
+    check_readable(*data)
+    if student is not None:
+        from .inference import DTYPES, resolve_student
+
+        if dtype != "auto" and dtype not in DTYPES:
+            raise DocvalError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+        _, _, _, model = resolve_student(*student)  # the paths; then the weights it loads first
+    if model is not None:
+        from .sources import check_model_source
+
+        check_model_source(model)
+
+
 @command("validate-data")
 def validate_data_cmd(
     train_data: TrainData,
@@ -102,6 +157,7 @@ def validate_data_cmd(
 
     if max_length is not None and model is None:
         raise DocvalError("--max-length needs --model (token counts come from the model's processor)")
+    _check_light(data=(train_data, val_data), model=model)
     console = _console(as_json)
     from .build import load_processor
 
@@ -134,6 +190,13 @@ def make_demo_data_cmd(
     """Write synthetic documents + Phase A records (CORD/, DocVQA/, ...) and a tiny Gemma-3-shaped model."""
     from .demo import make_demo
 
+    blocker = next((p for p in (out_dir, *out_dir.absolute().parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise DocvalError(f"{out_dir}: {blocker} is a file, not a directory; choose a folder")
+    if not no_model:  # transformers' "Writing model shards" bar is not ours
+        from .quiet import quiet_libraries
+
+        quiet_libraries()
     demo = make_demo(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, with_model=not no_model)
     typer.echo(f"demo data: train {demo.data.train}, val {demo.data.val}, test {demo.data.test}, "
                f"images {demo.data.image_dir}")
@@ -154,39 +217,11 @@ def _presets_list(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from rich.console import Console
-    from rich.table import Table
 
-    from .presets import PRESETS
+    from .console import print_presets
+    from .presets import PRESETS, measured_performance
 
-    from .presets import measured_performance
-
-    measured = measured_performance()
-    table = Table(title="docval-sft presets")
-    for col in ("name", "model", "LoRA", "weights", "batch x accum", "lr", "max_length", "measured"):
-        table.add_column(col, overflow="fold", no_wrap=col == "name")
-    for p in PRESETS.values():
-        lora = f"r{p.lora_r}/a{p.lora_alpha}" + (" +vision" if p.lora_vision_tower else "") if p.use_lora else "full"
-        quant = "8-bit" if p.load_in_8bit else "4-bit" if p.load_in_4bit else p.dtype
-        table.add_row(p.name, p.model_name_or_path, lora, quant,
-                      f"{p.per_device_train_batch_size} x {p.gradient_accumulation_steps}", f"{p.learning_rate:g}",
-                      str(p.max_length), _measured_cell(measured.get(p.name)))
-    console = Console()
-    console.print(table)
-    from .estimate import preset_line
-
-    for p in PRESETS.values():
-        console.print(f"[bold]{p.name}[/bold]: {p.description}", highlight=False)
-        console.print(f"  estimate: {preset_line(p)}", highlight=False, markup=False)
-    console.print("Details: docval-sft presets show NAME [--yaml]. Measurements: docs/performance.md"
-                  + ("" if measured else " (no GPU measurement recorded yet)"))
-
-
-def _measured_cell(m: Optional[dict[str, Any]]) -> str:
-    if not m:
-        return "not yet"
-    mfu = f", MFU {m['mfu']:.0%}" if m.get("mfu") else ""
-    return (f"{m['s_per_step']:.2f} s/step{mfu}, peak {m['peak_gpu_mem_gib']} GiB, guide run "
-            f"{m['guide_run_hours']:.1f} h ({m['device']}, {m['date']})")
+    print_presets(list(PRESETS.values()), measured_performance(), Console())
 
 
 @command("show", app=presets_app)
@@ -204,15 +239,10 @@ def presets_show_cmd(
         typer.echo(yaml.safe_dump(preset.to_dict(), sort_keys=False), nl=False)
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"preset {name}: {preset.description}")
-    for col in ("field", "value", "effect"):
-        table.add_column(col, overflow="fold")
-    helps = field_help()
-    for key, value in preset.to_dict().items():
-        table.add_row(key, repr(value), helps[key])
-    Console().print(table)
+    from .console import print_preset
+
+    print_preset(preset, field_help(), Console())
 
 
 # ---------------------------------------------------------------- train / resume
@@ -303,7 +333,7 @@ def train_cmd(
     probe: Annotated[Optional[int], typer.Option("--probe", min=1, help="Train N optimizer steps only, write OUTPUT/probe.json (measured vs estimated speed and memory), no final/.")] = None,
 ) -> None:
     """Train the student on a preset; flags override the preset (and --config), --resume continues a run."""
-    from .train import dry_run as plan, resolve_run, resume_run, train
+    from .train import check_inputs, check_start, dry_run as plan, resolve_run, resume_run, train
 
     overrides = _overrides(locals(), set_fields)
     run_values = {"train_data": train_data, "image_dir": image_dir, "output_dir": output_dir, "val_data": val_data,
@@ -312,20 +342,37 @@ def train_cmd(
     if resume is not None:
         if config:
             raise DocvalError("--resume continues a saved run: drop --config (the run's own configuration is used)")
-        run, checkpoint = resume_run(resume, overrides, run_values)
+        run, checkpoint = resume_run(resume, overrides, run_values, source="command line")
         if preset and preset != run.base_preset:
             raise DocvalError(f"--preset {preset}: the run was started with preset {run.base_preset}; a resume "
                               "continues the saved run unchanged (drop --preset)")
         if output_dir is not None and output_dir.resolve() != run.output_dir.resolve():
             raise DocvalError(f"--output-dir {output_dir} differs from the resumed run's directory {run.output_dir}")
     else:
-        run, checkpoint = resolve_run(preset, config_file=config, overrides=overrides, run_values=run_values), None
+        run, checkpoint = resolve_run(preset, config_file=config, overrides=overrides, run_values=run_values,
+                                      source="command line"), None
+    # Refusals on the user's input come before train/dry_run import transformers and trl (~6 s).
+    if dry_run:
+        check_inputs(run)
+    else:
+        check_start(run, resume=checkpoint is not None, overwrite=overwrite)
     if dry_run:
         resolved = plan(run, show_progress=not as_json, resume=checkpoint is not None, overwrite=overwrite, gpu=gpu,
                         force=force)
         _print_plan(resolved, as_json)
         if not resolved["ok"]:
             raise typer.Exit(1)
+        return
+    if as_json:  # stdout carries only the JSON object: the log lines (and any bar) go to stderr
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            result = train(run, resume_from=checkpoint, overwrite=overwrite, gpu=gpu, force=force, probe=probe)
+        if result.main_process:
+            summary = _plain(_train_summary(result, run))
+            if result.probe is not None:
+                summary["probe"] = _plain(result.probe)
+            typer.echo(json.dumps(summary, ensure_ascii=False))
         return
     result = train(run, resume_from=checkpoint, overwrite=overwrite, gpu=gpu, force=force, probe=probe)
     if result.probe is not None:
@@ -338,15 +385,31 @@ def train_cmd(
                    f"log in {run.output_dir / 'training.log'}")
 
 
+def _train_summary(result: Any, run: Any) -> dict[str, Any]:
+    """``train --json``: where the result is and what the run logged (the Trainer's log history, split by kind)."""
+    history = result.log_history
+    evaluations = [entry for entry in history if any(key.startswith("eval_") for key in entry)]
+    end = next((entry for entry in reversed(history) if "train_runtime" in entry), {})
+    return {
+        "output_dir": str(run.output_dir), "final_dir": str(result.final_dir),
+        "saved": "adapter" if run.preset.use_lora else "model", "training_log": str(run.output_dir / "training.log"),
+        "global_step": result.global_step, "train_loss": end.get("train_loss"),
+        "train_runtime_s": end.get("train_runtime"),
+        "losses": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
+        "evaluations": evaluations, "final_metrics": evaluations[-1] if evaluations else None,
+    }
+
+
 @command("resume")
 def resume_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (its latest checkpoint is used) or a checkpoint-N.")],
     set_fields: SetFields = None,
 ) -> None:
     """Continue an interrupted run with the configuration saved in its training_config.json."""
-    from .train import resume_run, train
+    from .train import check_start, resume_run, train
 
-    run, checkpoint = resume_run(run_dir, _overrides({}, set_fields))
+    run, checkpoint = resume_run(run_dir, _overrides({}, set_fields), source="command line")
+    check_start(run, resume=True, overwrite=False)
     for note in checkpoint.notes():
         typer.echo(f"note: {note}")
     action = "writing final/ of" if checkpoint.finished else "resuming"
@@ -410,20 +473,22 @@ def preview_sample_cmd(
     allow_absolute_paths: AllowAbs = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Show exactly what the trainer feeds for one record: prompt, target, labelled tokens, counts, boxes."""
+    """Show exactly what the trainer feeds for one record: prompt, target, labeled tokens, counts, boxes."""
     from .preview import preview_sample, select_record
     from .presets import get_preset
 
     if index is not None and image_id is not None:
         raise DocvalError("give --index or --image-id, not both")
     settings = get_preset(preset or "a100")
+    fmt = _bbox_format(bbox_format or settings.bbox_format)
+    record, image_path = select_record(train_data, image_dir, index=index, image_id=image_id,
+                                       allow_absolute_paths=allow_absolute_paths)
+    _check_light(model=model or settings.model_name_or_path)
     from .build import load_processor
 
     processor = load_processor(model or settings.model_name_or_path)
-    record, image_path = select_record(train_data, image_dir, index=index, image_id=image_id,
-                                       allow_absolute_paths=allow_absolute_paths)
     result = preview_sample(record, image_path, processor, max_length=max_length or settings.max_length,
-                            bbox_format=_bbox_format(bbox_format or settings.bbox_format))
+                            bbox_format=fmt)
     if out is not None:
         from .annotate import GROUND_TRUTH, TEACHER, Box, draw_boxes
 
@@ -471,6 +536,7 @@ def sample_cmd(
         raise DocvalError("give --image and --question, or --data FILE --image-dir DIR --index N")
     elif not image.is_file():
         raise DocvalError(f"--image {image}: no such file")
+    _check_light(student=(model, adapter), dtype=dtype)
     console = _console(as_json)
     student = load_student(model, adapter, dtype=dtype)
     console.print(f"[dim]{student.source}; {question}[/dim]", highlight=False)
@@ -495,8 +561,9 @@ def merge_cmd(
     dtype: Annotated[str, typer.Option("--dtype", help="Dtype of the merged weights: bfloat16, float16 or float32.")] = "bfloat16",
 ) -> None:
     """Merge a LoRA adapter into its base: a full model that AutoModelForImageTextToText loads (Phase B2)."""
-    from .merge import merge_adapter
+    from .merge import check_merge, merge_adapter
 
+    check_merge(model, adapter, out, dtype=dtype)
     merged = merge_adapter(model, adapter, out, dtype=dtype)
     typer.echo(f"merged model + processor in {merged}")
 
@@ -539,7 +606,7 @@ def evaluate_cmd(
             if value != default:
                 again += [flag, str(value)]
         saved = f"{exc}; " if isinstance(exc, EvaluationInterrupted) else ""
-        typer.echo(f"interrupted: {saved}continue with: {shlex.join([*again, '--resume'])}", err=True)
+        typer.echo(f"stopped by SIGINT: {saved}continue with: {shlex.join([*again, '--resume'])}", err=True)
         raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result.summary, ensure_ascii=False))

@@ -12,6 +12,26 @@ from .validate import ValidationReport
 MAX_LISTED_ISSUES = 40
 
 
+def fit_table(table: Table, console: Console, droppable: tuple[str, ...] = ()) -> list[str]:
+    """Keep every cell on one line (issue 15: at 80 columns rich split "bfloat16" into "bfloat1 / 6"): no column
+    wraps, and while the table is wider than the console the ``droppable`` columns go, in that order. Returns the
+    headers dropped (the caller says where their values are). Wider than the console even so, rich shortens the
+    cells of ``overflow="ellipsis"`` columns (paths) with "…", never splitting a value over two lines."""
+    from rich.measure import Measurement
+
+    for column in table.columns:
+        column.no_wrap = True
+    unbounded = console.options.update(max_width=1 << 20)  # the width the table wants, not the one it gets
+    dropped = []
+    for header in droppable:
+        if Measurement.get(console, unbounded, table).maximum <= console.width:
+            break
+        index = next(i for i, c in enumerate(table.columns) if c.header == header)
+        del table.columns[index]
+        dropped.append(header)
+    return dropped
+
+
 def print_validation(report: ValidationReport, console: Console) -> None:
     print_validation_dict(report.to_dict(), console)
 
@@ -22,7 +42,7 @@ def print_validation_dict(data: dict[str, Any], console: Console) -> None:
 
     table = Table(title="Phase A data")
     for col in ("split", "file", "records", "usable", "errors", "warnings", "steps: records"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="ellipsis" if col == "file" else "fold")
     datasets = sorted({k for s in data["splits"].values() for k in s["per_dataset"]})
     per_dataset = Table(title="Usable records per dataset")
     for col in ("split", *datasets):
@@ -32,13 +52,19 @@ def print_validation_dict(data: dict[str, Any], console: Console) -> None:
         table.add_row(name, Path(s["file"]).name, str(s["records"]), str(s["usable"]),
                       _colour(s["errors"], "red"), _colour(s["warnings"], "yellow"), steps)
         per_dataset.add_row(name, *(str(s["per_dataset"].get(d, 0)) for d in datasets))
+    if fit_table(table, console, droppable=("steps: records",)):
+        steps = "; ".join(f"{name} " + ", ".join(f"{k}: {v}" for k, v in s["steps_histogram"].items())
+                          for name, s in data["splits"].items())
+        table.caption = f"records per number of CoT steps: {steps}"
     console.print(table)
     if datasets:
+        fit_table(per_dataset, console)
         console.print(per_dataset)
 
     token_rows = [(name, s["tokens"]) for name, s in data["splits"].items() if "tokens" in s]
     if token_rows:
-        tokens = Table(title=f"Tokens per record (max_length {data['max_length']})")
+        limit = f" (max_length {data['max_length']})" if data.get("max_length") else ""
+        tokens = Table(title=f"Tokens per record{limit}")
         tokens.add_column("split")
         tokens.add_column("part")
         for key in ("p50", "p90", "p99", "max"):
@@ -46,6 +72,7 @@ def print_validation_dict(data: dict[str, Any], console: Console) -> None:
         for name, parts in token_rows:
             for part, stats in parts.items():
                 tokens.add_row(name, part, *(str(stats.get(k, "")) for k in ("p50", "p90", "p99", "max")))
+        fit_table(tokens, console)
         console.print(tokens)
 
     issues = data["issues"]
@@ -66,6 +93,62 @@ def print_validation_dict(data: dict[str, Any], console: Console) -> None:
         console.print("[green]OK: every record is usable.[/green]")
 
 
+def print_presets(presets: Any, measured: dict[str, Any], console: Console) -> None:
+    """``docval-sft presets``: one line per preset (columns dropped rather than values split at 80 columns), then
+    each preset's description and measurement."""
+    from rich import box
+
+    from .estimate import preset_line
+
+    table = Table(title="docval-sft presets", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("name", "model", "LoRA", "weights", "batch", "lr", "max len"):
+        table.add_column(col)
+    for p in presets:
+        lora = f"r{p.lora_r}/a{p.lora_alpha}" + (" +vision" if p.lora_vision_tower else "") if p.use_lora else "full"
+        quant = "8-bit" if p.load_in_8bit else "4-bit" if p.load_in_4bit else p.dtype
+        table.add_row(p.name, p.model_name_or_path, lora, quant,
+                      f"{p.per_device_train_batch_size}x{p.gradient_accumulation_steps}", f"{p.learning_rate:g}",
+                      str(p.max_length))
+    dropped = fit_table(table, console, droppable=("max len", "lr", "batch", "weights"))
+    console.print(table)
+    console.print("batch: per-device batch x gradient accumulation steps", highlight=False)
+    for p in presets:
+        console.print(f"[bold]{p.name}[/bold]: {p.description}", highlight=False)
+        console.print(f"  estimate: {preset_line(p)}", highlight=False, markup=False)
+        if measured.get(p.name):
+            console.print(f"  measured: {measured_cell(measured[p.name])}", highlight=False, markup=False)
+    more = f" ({', '.join(dropped)} and more)" if dropped else ""
+    console.print(f"Details{more}: docval-sft presets show NAME [--yaml]. Measurements: docs/performance.md"
+                  + ("" if measured else " (no GPU measurement recorded yet)"), highlight=False)
+
+
+def measured_cell(m: dict[str, Any] | None) -> str:
+    """One preset's GPU measurement (docval_sft/performance.json) in a line."""
+    if not m:
+        return "not yet"
+    mfu = f", MFU {m['mfu']:.0%}" if m.get("mfu") else ""
+    return (f"{m['s_per_step']:.2f} s/step{mfu}, peak {m['peak_gpu_mem_gib']} GiB, guide run "
+            f"{m['guide_run_hours']:.1f} h ({m['device']}, {m['date']})")
+
+
+def print_preset(preset: Any, helps: dict[str, str], console: Console) -> None:
+    """``presets show NAME``: each field with its effect below it (dim), and its value; a value is never split inside
+    a word (the value column is at least as wide as the longest word of any value, up to 40 columns)."""
+    from rich import box
+    from rich.text import Text
+
+    values = {key: repr(value) for key, value in preset.to_dict().items()}
+    longest = max(len(word) for text in values.values() for word in text.split())
+    table = Table(title=f"preset {preset.name}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, leading=1)
+    table.add_column("field (effect)", ratio=3)
+    table.add_column("value", min_width=min(longest, 40), ratio=2)
+    for key, text in values.items():
+        cell = Text(key, style="bold")
+        cell.append(f"\n{helps[key]}", style="dim")
+        table.add_row(cell, Text(text))
+    console.print(table)
+
+
 def _colour(value: Any, style: str) -> str:
     return f"[{style}]{value}[/{style}]" if value else str(value)
 
@@ -75,7 +158,7 @@ SPAN_STYLES = {"reasoning": "green", "answer": "bold magenta", "bbox": "bold yel
 
 
 def print_preview(preview: Any, png: Any, console: Console) -> None:
-    """The templated prompt (dim), then the labelled span (green): exactly what carries loss."""
+    """The templated prompt (dim), then the labeled span (green): exactly what carries loss."""
     from rich.panel import Panel
     from rich.text import Text
 
@@ -85,9 +168,10 @@ def print_preview(preview: Any, png: Any, console: Console) -> None:
     for text, span in preview.segments:  # the labelled tokens, coloured by span (docs/training.md)
         seq.append(text, style=SPAN_STYLES[span])
     r = preview.record
-    console.print(Panel(seq, title=f"{r.location} - dim: prompt (no loss), colours: labelled spans",
-                        title_align="left"), highlight=False)
+    console.print(Panel(seq, title=f"record {r.location.index}", title_align="left"), highlight=False)
+    console.print(f"{r.location}", markup=False, highlight=False)
     counts = preview.to_dict()["span_tokens"]  # the colour legend too
+    console.print("dim: prompt (no loss); colours: labeled spans (the loss)", highlight=False)
     console.print("span tokens: " + ", ".join(f"[{SPAN_STYLES[name]}]{name}[/] {n}" for name, n in counts.items()),
                   highlight=False)
     limit = f"/ max_length {preview.max_length}" if preview.max_length else ""
@@ -98,8 +182,10 @@ def print_preview(preview: Any, png: Any, console: Console) -> None:
     box = f"teacher box (pixels) {list(r.bbox_pred)}"
     if preview.bbox_format != "pixel":
         box += f", in the target ({preview.bbox_format}) {preview.target_bbox}"
-    console.print(f"labels == target + {preview.end_of_turn_text!r}: {check}; {box}"
-                  + (f"; image with boxes: {png}" if png else ""), highlight=False)
+    console.print(f"labels == target + {preview.end_of_turn_text!r}: {check}", highlight=False)
+    console.print(box, highlight=False)
+    if png:
+        console.print(f"image with boxes: {png}", highlight=False, markup=False)
 
 
 def print_sample(result: Any, png: Any, console: Console) -> None:

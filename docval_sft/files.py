@@ -11,6 +11,19 @@ from .errors import DocvalError
 MODEL_INFO_FILE = "docval_sft.json"
 
 
+def check_readable(*paths: Path | None) -> None:
+    """Each given data file can be opened: the cheap check a command makes before its heavy imports (records are
+    checked later; the words are those of ``records.load_records`` for the same failure)."""
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            with Path(path).open("rb"):
+                pass
+        except OSError as exc:
+            raise DocvalError(f"{path}: cannot read data file ({exc.strerror or exc}); check the path.") from None
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file, then rename: a reader (or a crash) never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")

@@ -9,19 +9,28 @@ import shutil
 from pathlib import Path
 
 from .errors import DocvalError
-from .inference import adapter_base_model, inference_dtype
+from .inference import DTYPES, adapter_base_model, inference_dtype
 from .files import RunLock, read_model_info, write_model_info
+
+
+def check_merge(model: str | None, adapter: Path, out: Path, *, dtype: str = "bfloat16") -> None:
+    """Every refusal on the user's input, before torch/transformers/peft are imported (seconds)."""
+    from .sources import check_model_source
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise DocvalError(f"--adapter {adapter} has no adapter_config.json (is it OUTPUT/final of a LoRA run?)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DocvalError(f"--out {out} {'is not empty' if out.is_dir() else 'is a file'}; choose a new directory")
+    if dtype not in DTYPES:
+        raise DocvalError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
+    check_model_source(model or adapter_base_model(adapter))
 
 
 def merge_adapter(model: str | None, adapter: Path, out: Path, *, dtype: str = "bfloat16") -> Path:
     from .build import quiet_libraries
 
+    check_merge(model, adapter, out, dtype=dtype)
     quiet_libraries()
-
-    if not (adapter / "adapter_config.json").is_file():
-        raise DocvalError(f"--adapter {adapter} has no adapter_config.json (is it OUTPUT/final of a LoRA run?)")
-    if out.exists() and any(out.iterdir()):
-        raise DocvalError(f"--out {out} is not empty; choose a new directory")
     # One merge per --out: both would write OUT.partial. The lock file sits beside OUT (OUT appears only at the end).
     out.parent.mkdir(parents=True, exist_ok=True)
     with RunLock(out.parent, "merge", name=f".{out.name}.merge.lock"):

@@ -99,3 +99,6 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
+    # torch's "This DataLoader will create 4 worker processes ... suggested max number of worker in current system
+    # is 2" (twice per epoch, with its source line): train says it once in its own words (train._run)
+    warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes", category=UserWarning)

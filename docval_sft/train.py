@@ -27,7 +27,7 @@ from typing import Any
 
 from . import checkpoints
 from .errors import DocvalError
-from .files import LOCK_FILE, RunLock, write_json_atomic, write_model_info
+from .files import LOCK_FILE, RunLock, check_readable, write_json_atomic, write_model_info
 from .presets import Preset, check_preset, coerce_fields, get_preset
 
 CONFIG_FILE = "training_config.json"
@@ -88,16 +88,18 @@ def resolve_run(
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
     run_values: dict[str, Any] | None = None,
+    source: str = "overrides",
 ) -> RunConfig:
-    """Preset < YAML file < flags. ``overrides`` are preset fields, ``run_values`` data/output locations."""
-    yaml_values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
+    """Preset < YAML file < flags. ``overrides`` are preset fields, ``run_values`` data/output locations; ``source``
+    names the overrides in errors (the command line says "command line")."""
+    yaml_values: dict[str, Any] = load_yaml_config(config_file, preset_name) if config_file else {}
     # `name` is what `presets show NAME --yaml` prints first: it selects the preset, like `preset`.
     yaml_preset = yaml_values.pop("preset", None) or yaml_values.pop("name", None)
     yaml_values.pop("name", None)
     name = preset_name or yaml_preset or "a100"
     yaml_run = {k: yaml_values.pop(k) for k in list(yaml_values) if k in RUN_FIELDS}
     preset = get_preset(name).with_overrides(yaml_values, source=str(config_file), preset=name)
-    preset = preset.with_overrides(overrides or {}, source="command line", preset=name)
+    preset = preset.with_overrides(overrides or {}, source=source, preset=name)
     values = {**yaml_run, **{k: v for k, v in (run_values or {}).items() if v is not None}}
     for required in ("train_data", "image_dir", "output_dir"):
         if not values.get(required):
@@ -112,7 +114,8 @@ def resolve_run(
     )
 
 
-def load_yaml_config(path: Path) -> dict[str, Any]:
+def load_yaml_config(path: Path, preset: str | None = None) -> dict[str, Any]:
+    """The run YAML's mapping, checked; ``preset``: the one given besides it (--preset), named in errors."""
     import yaml
 
     try:
@@ -138,7 +141,7 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         raise DocvalError(f"{path}: key 'report_to': expected a list of names, got {data['report_to']!r}")
     unknown = [k for k in data if k not in RUN_FIELDS and k != "preset" and k not in Preset.__dataclass_fields__]
     if unknown:
-        shown = data.get("preset") or data.get("name") or "a100"
+        shown = preset or data.get("preset") or data.get("name") or "a100"  # the preset in use
         raise DocvalError(f"{path}: unknown key '{unknown[0]}'; keys are preset fields (see `docval-sft presets show "
                           f"{shown}`) or {', '.join(sorted(RUN_FIELDS))}")
     return dict(data)
@@ -208,9 +211,10 @@ def latest_checkpoint(output_dir: Path) -> Path:
     return checkpoints.latest(output_dir).latest  # type: ignore[return-value]
 
 
-def check_resume_conflicts(saved: RunConfig, overrides: dict[str, Any], run_values: dict[str, Any]) -> None:
+def check_resume_conflicts(saved: RunConfig, overrides: dict[str, Any], run_values: dict[str, Any],
+                           source: str = "overrides") -> None:
     """A resumed run continues unchanged: an override that differs from the saved configuration is an error."""
-    checked = coerce_fields(overrides, source="command line")
+    checked = coerce_fields(overrides, source=source, preset=saved.base_preset)
     for name, value in checked.items():
         if getattr(saved.preset, name) != value:
             raise DocvalError(f"field '{name}': the run was started with {getattr(saved.preset, name)!r}, the "
@@ -241,7 +245,7 @@ class Resume:
 
 
 def resume_run(target: Path, overrides: dict[str, Any] | None = None,
-               run_values: dict[str, Any] | None = None) -> tuple[RunConfig, Resume]:
+               run_values: dict[str, Any] | None = None, source: str = "overrides") -> tuple[RunConfig, Resume]:
     """``target`` is a run directory (its newest complete checkpoint) or a checkpoint-N folder inside one."""
     if not target.exists():
         raise DocvalError(f"{target}: no such run directory or checkpoint")
@@ -264,7 +268,7 @@ def resume_run(target: Path, overrides: dict[str, Any] | None = None,
     if (output_dir / FINAL_DIR).is_dir():
         raise DocvalError(f"{output_dir} is a finished run ({output_dir / FINAL_DIR} exists): nothing to resume; "
                           "train a new run in another --output-dir to train further")
-    check_resume_conflicts(saved, overrides or {}, run_values or {})
+    check_resume_conflicts(saved, overrides or {}, run_values or {}, source)
     assert found.latest is not None
     return saved, Resume(found.latest, found.skipped, checkpoints.finished(found.latest))
 
@@ -362,6 +366,25 @@ def check_reporters(report_to: tuple[str, ...]) -> None:
             raise DocvalError(f"--{name} needs the {module} package: pip install 'docval-sft[{name}]'")
 
 
+def check_inputs(run: RunConfig) -> None:
+    """The data files can be opened (their records are checked later, with the model's processor; the image root
+    only matters to records that look their image up there)."""
+    check_readable(run.train_data, run.val_data)
+
+
+def check_start(run: RunConfig, *, resume: bool, overwrite: bool) -> None:
+    """What a start can refuse on the user's input without importing torch/transformers (~6 s): the paths, the
+    output dir, reporters, the attention kernel and where the model comes from. The command line calls it first,
+    so a refusal answers in well under a second; :func:`train` checks the same again."""
+    check_inputs(run)
+    check_output_dir(run.output_dir, resume=resume, overwrite=overwrite)
+    check_reporters(run.report_to)
+    check_model_options(run.preset)
+    from .sources import check_model_source
+
+    check_model_source(run.preset.model_name_or_path)
+
+
 @dataclass
 class PreparedData:
     train: Any  # validate.SplitData
@@ -442,14 +465,17 @@ def _on_main_then_shared(state: Any, work: Any) -> Any:
 
 
 class Interrupted(DocvalError):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit code 128 + signal number."""
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit code 128 + signal number. A stop the user
+    asked for, not an error: the command line prints it without "error:"."""
+
+    requested_stop = True
 
     def __init__(self, signum: int, output_dir: Path, step: int | None) -> None:
         import signal
 
         name = signal.Signals(signum).name if signum else "a signal on another rank"
         self.exit_code = 128 + signum if signum else 1
-        super().__init__(f"interrupted by {name} at step {step}: checkpoint saved in "
+        super().__init__(f"stopped by {name} at step {step}: checkpoint saved in "
                          f"{output_dir / f'checkpoint-{step}'}; continue with: docval-sft resume {output_dir}")
 
 
@@ -579,6 +605,10 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
     if main and resume_from is not None:
         for note in resume_from.notes():
             log.note(note)
+    workers, cpus = run.preset.dataloader_num_workers, _cpus()
+    if main and workers > cpus:  # torch's own warning about it is silenced (quiet.py)
+        log.note(f"dataloader_num_workers {workers} > {cpus} CPUs here: the workers share them "
+                 f"(--set dataloader_num_workers={cpus})")
     generation_eval = None
     if data.val is not None and run.preset.eval_generate > 0:
         from .evaluate import GenerationEval
@@ -646,6 +676,16 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
             from exc
     state.wait_for_everyone()
     return TrainResult(out, final, trainer.state.global_step, list(trainer.state.log_history), main)
+
+
+def _cpus() -> int:
+    """CPUs this process may use (its affinity, as torch's DataLoader counts them)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _restore_finished(trainer: Any, checkpoint: Path, out: Path) -> None:

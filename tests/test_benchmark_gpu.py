@@ -181,7 +181,7 @@ def test_record_gpu_turns_measurements_into_the_presets_column(tmp_path: Path) -
     import subprocess
     import sys
 
-    from docval_sft.cli import _measured_cell
+    from docval_sft.console import measured_cell as _measured_cell
 
     line = {"bench": "gpu", "preset": "a100", "scale": "full", "seq_len": 760, "s_per_step": 10.0,
             "tokens_per_s": 1216.0, "mfu": 0.25, "peak_gpu_mem_gib": 30.5, "device": "TEST DEVICE",

@@ -368,6 +368,13 @@ def check_eval_generate(s: DocSession, form: str, r: Result) -> None:
     run = s.work / "docval/models/student_b1_generate"
     assert re.search(r"^Step 1: eval_anls_standard = ", (run / "training.log").read_text(), re.M)
     assert (run / "final" / "adapter_model.safetensors").is_file()
+    if form == "json":  # one object on stdout (issue 15), the log lines on stderr
+        result = _json(r)
+        assert Path(result["final_dir"]) == Path("docval/models/student_b1_generate/final")
+        assert result["global_step"] == 1 and result["saved"] == "adapter"
+        assert "eval_anls_standard" in result["final_metrics"] and result["final_metrics"]["step"] == 1
+        assert all(e["step"] == 1 for e in result["losses"]) and isinstance(result["train_loss"], float)
+        assert re.search(r"^Step 1: eval_anls_standard = ", r.stderr, re.M)
 
 
 def check_doctor(s: DocSession, form: str, r: Result) -> None:
@@ -410,10 +417,7 @@ STEPS: list[Step] = [
 
 # Known failures of documented commands: bugs outside the dry-run printing, each reason says where.
 XFAIL_RUN: dict[tuple[str, str], str] = {}
-XFAIL_JSON: dict[tuple[str, str], str] = {
-    ("train-eval-generate", "json"): "issue 15: `train --json` (no --dry-run) prints the log lines as text and no "
-                                     "JSON object (cli.py train_cmd)",
-}
+XFAIL_JSON: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -474,6 +478,18 @@ def test_json_form_prints_one_object(docs: DocSession, step: Step, form: str) ->
     """--json: stdout is one JSON object (tables and progress go to stderr)."""
     r = docs.result(step.name, form)
     assert isinstance(json.loads(r.stdout), dict), r.stdout[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("step", "form"), _params(XFAIL_RUN))
+def test_doc_command_reads_at_80_columns(docs: DocSession, step: Step, form: str) -> None:
+    """Issue 15: at COLUMNS=80 without a terminal, no table cell wraps and no third-party line appears (stdout and
+    stderr; the dry run's YAML is one line per value by design)."""
+    from test_cli80 import layout_problems  # tests/ is on sys.path (pytest's rootdir-relative import)
+
+    r = docs.result(step.name, form)
+    text = r.output if form == "human" else r.stderr
+    assert layout_problems(text, yaml_between_rules=step.name == "dry-run") == [], text[-4000:]
 
 
 def test_dry_run_yaml_reads_back_at_80_columns(demo, tmp_path: Path) -> None:

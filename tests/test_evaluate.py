@@ -427,7 +427,7 @@ def test_cli_prints_a_line_per_batch_and_the_resume_command_on_ctrl_c(demo, fake
     assert re.findall(r"^evaluated (\d+)/16 records", result.stdout, re.M) == ["3", "6"]
     assert "error" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("interrupted: 6 of 16 records evaluated, saved in ")
+    assert line.startswith("stopped by SIGINT: 6 of 16 records evaluated, saved in ")
     command = line.split("continue with: ", 1)[1]
     argv = shlex.split(command)
     assert argv[:2] == ["docval-sft", "evaluate"] and argv[-1] == "--resume"
