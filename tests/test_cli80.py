@@ -131,7 +131,8 @@ def test_make_demo_data_prints_only_its_own_lines(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["", "validate-data", "make-demo-data", "train", "resume", "preview-sample",
-                                     "sample", "merge", "evaluate", "presets", "presets show"])
+                                     "sample", "merge", "evaluate", "presets", "presets show", "doctor", "quickstart",
+                                     "verify", "refine"])
 def test_help_reads_at_80_columns_and_switches_take_no_type(command: str) -> None:
     done = cli(*command.split(), "--help")
     ok(done)
