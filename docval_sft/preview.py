@@ -111,7 +111,7 @@ def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, ma
     spans = record_spans(record, processor, bbox_format, image.size)
     if spans["n_tokens"] != count.target:
         raise DocvalError(f"{record.location}: spans cover {spans['n_tokens']} tokens but {count.target} are "
-                          "labelled")
+                          "labeled")
     image_token = getattr(tok, "image_token", None) or "<image_soft_token>"
     return Preview(
         record=record, image_path=image_path, image_size=image.size,

@@ -162,7 +162,7 @@ class SpanCollator:
             where = (labels[row] != -100).nonzero().flatten()
             if record_spans_ is None or len(where) != record_spans_["n_tokens"]:
                 n = None if record_spans_ is None else record_spans_["n_tokens"]
-                raise ValueError(f"row {row} of the batch has {len(where)} labelled tokens but its spans cover {n}: "
+                raise ValueError(f"row {row} of the batch has {len(where)} labeled tokens but its spans cover {n}: "
                                  "the spans were computed with another processor or bbox_format")
             ids[row, where] = torch.tensor(token_span_ids(record_spans_), dtype=torch.long)
         batch["span_ids"] = ids

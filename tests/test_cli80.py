@@ -90,7 +90,7 @@ def test_presets_table_keeps_each_preset_on_one_line() -> None:
     out = ok(cli("presets"))
     for p in PRESETS.values():  # every value whole, on the preset's own line
         row = next(line for line in out.splitlines() if line.startswith(p.name + " "))
-        quant = "8-bit" if p.load_in_8bit else p.dtype
+        quant = "8-bit" if p.load_in_8bit else "4-bit" if p.load_in_4bit else p.dtype
         assert p.model_name_or_path in row.split() and quant in row.split() and f"{p.learning_rate:g}" in row.split()
         assert len(row) <= WIDTH
 
@@ -119,7 +119,7 @@ def test_validate_and_preview_read_at_80_columns(demo, tmp_path: Path) -> None:
                      demo.model_dir, "--index", "0", "--out", tmp_path / "p.png"))
     title = preview.splitlines()[0]
     assert title.startswith("╭─ record 0 ") and title.endswith("╮") and len(title) == WIDTH  # not cut
-    assert "labeled tokens" in preview and "labelled" not in preview  # one spelling, the JSON's (labeled_text)
+    assert "labeled spans" in preview and "labelled" not in preview  # one spelling, the JSON's (labeled_text)
 
 
 def test_make_demo_data_prints_only_its_own_lines(tmp_path: Path) -> None:
