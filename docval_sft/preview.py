@@ -7,7 +7,7 @@ templating or masking, so what is previewed is what is trained.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from .format import BboxFormat, target_box
 from .images import ImageProblem, check_image, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter
 from .records import PhaseARecord, check_box_in_image, load_records
+from .vision import View, views
 
 
 def select_record(data_file: Path, image_dir: Path, *, index: int | None = None, image_id: str | None = None,
@@ -68,6 +69,17 @@ class Preview:
     max_length: int | None
     bbox_format: BboxFormat
     target_bbox: list[float]  # the box as the target writes it, in bbox_format's frame (record.bbox_pred: pixels)
+    # What the vision encoder sees (vision.py): the whole page, then each pan & scan crop, from pixel_values.
+    views: list[View] = field(default_factory=list)
+    vision: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def crops(self) -> list[tuple[int, int, int, int]]:
+        return [v.crop for v in self.views if v.crop is not None]
+
+    def view_boxes(self) -> list[list[float] | None]:
+        """The teacher box in each view's pixels (None where a crop does not hold it)."""
+        return [v.map_box(self.record.bbox_pred, self.image_size) for v in self.views]
 
     @property
     def fits(self) -> bool:
@@ -85,11 +97,15 @@ class Preview:
             "max_length": self.max_length, "fits": self.fits, "bbox_format": self.bbox_format,
             "bbox": list(r.bbox_pred), "bbox_gt": list(r.bbox_gt) if r.bbox_gt else None,  # pixels, always
             "target_bbox": self.target_bbox,
+            "do_pan_and_scan": bool(self.vision.get("do_pan_and_scan")), "n_crops": len(self.crops),
+            "crops": [list(c) for c in self.crops], "view_size": list(self.views[0].image.size) if self.views else None,
+            "view_boxes": self.view_boxes(),
         }
 
 
 def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, max_length: int | None = None,
-                   bbox_format: BboxFormat = "pixel") -> Preview:
+                   bbox_format: BboxFormat = "pixel", vision: dict[str, Any] | None = None) -> Preview:
+    """``vision``: the pan & scan kwargs ``processor`` was loaded with (only to read back the crop geometry)."""
     counter = TokenCounter(processor, bbox_format)
     image = open_image(image_path)
     batch = counter.collate(record, image)
@@ -109,4 +125,47 @@ def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, ma
         labels_ok=labeled_text.startswith(target) and any(suffix.strip() == t for t in stop_tokens),
         counts=count, max_length=max_length, bbox_format=bbox_format,
         target_bbox=list(target_box(record.bbox_pred, bbox_format, image.size)),
+        views=views(processor, batch["pixel_values"], image.size, vision or {}), vision=dict(vision or {}),
     )
+
+
+def write_preview_png(preview: Preview, out: Path) -> Path:
+    """One PNG: the page at its own size with the teacher box (red), ground truth (green) and the pan & scan crop
+    rectangles (blue); right of it, each square the encoder sees, pixel for pixel as the processor made it
+    (de-normalised ``pixel_values``), with the teacher box mapped into it."""
+    from PIL import Image, ImageDraw
+
+    from .annotate import GROUND_TRUTH, PREDICTION, TEACHER, Box, _font, draw_boxes
+
+    r = preview.record
+    boxes = [Box(r.bbox_pred, f"teacher: {r.answer_pred}", TEACHER)]
+    if r.bbox_gt:
+        boxes.append(Box(r.bbox_gt, "ground truth", GROUND_TRUTH))
+    draw_boxes(preview.image_path, boxes, out)
+    with Image.open(out) as drawn:
+        page = drawn.convert("RGB")
+    font, band, gap = _font(14), 22, 12
+    width = page.width + sum(gap + v.image.width for v in preview.views)
+    height = max(page.height, *(v.image.height + band for v in preview.views), 1)
+    canvas = Image.new("RGB", (width, height + band), (255, 255, 255))
+    canvas.paste(page, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    crops = preview.crops
+    for i, (x, y, w, h) in enumerate(crops, start=1):
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=PREDICTION, width=2)
+        draw.text((x + 4, y + 4), f"crop {i}", fill=PREDICTION, font=font)
+    side = preview.views[0].image.width if preview.views else 0
+    caption = (f"page {page.width}x{page.height}; the encoder sees {side}x{side}: the whole page"
+               + (f" + {len(crops)} pan & scan crops" if crops else ""))
+    draw.text((2, height + 3), caption, fill=(0, 0, 0), font=font)
+    x0 = page.width
+    for i, (view, box) in enumerate(zip(preview.views, preview.view_boxes(), strict=True)):
+        x0 += gap
+        canvas.paste(view.image, (x0, 0))
+        if box is not None:
+            draw.rectangle([x0 + box[0] - 1, box[1] - 1, x0 + box[2], box[3]], outline=TEACHER, width=1)
+        draw.text((x0 + 2, 2 + view.image.height), "page" if view.crop is None else f"crop {i}",
+                  fill=(0, 0, 0) if view.crop is None else PREDICTION, font=font)
+        x0 += view.image.width
+    canvas.save(out)
+    return out
