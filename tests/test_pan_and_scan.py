@@ -184,13 +184,16 @@ def test_dry_run_counts_crop_tokens_and_records_the_setting(demo, tmp_path: Path
     assert result.exit_code == 0, result.output
     pas = json.loads(result.stdout)
     assert pas["preset"]["do_pan_and_scan"] is True and pas["preset"]["pan_and_scan_max_num_crops"] == 2
-    text = json.dumps(pas["data"])
-    assert text != json.dumps(plain["data"])  # the token counts changed with the crops
+    image = {name: run["data"]["splits"]["train"]["tokens"]["image"] for name, run in (("off", plain), ("on", pas))}
+    assert image["off"]["max"] == 64 and image["on"]["max"] == (1 + 2) * 64  # page + at most 2 crops
+    assert pas["data"]["splits"]["train"]["tokens"]["total"]["max"] > plain["data"]["splits"]["train"]["tokens"][
+        "total"]["max"]
 
 
 def test_saved_model_carries_the_setting_to_inference_and_merge(demo, tmp_path: Path, capsys) -> None:
-    """A LoRA adapter saved as train saves final/ (processor + docval_sft.json with crops): sample/evaluate's loader
-    uses crops, an override warns, and the merged directory's processor crops for plain AutoProcessor."""
+    """A LoRA adapter with docval_sft.json saying crops: sample/evaluate's loader uses crops, an override warns,
+    and the merged directory's processor crops for plain AutoProcessor. Its processor files are saved without the
+    setting, so docval_sft.json alone must carry it (train's final/ has it in both, see the end)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -202,7 +205,7 @@ def test_saved_model_carries_the_setting_to_inference_and_merge(demo, tmp_path: 
     vision = vision_kwargs(get_preset("demo").with_overrides({"do_pan_and_scan": True}))
     base = AutoModelForImageTextToText.from_pretrained(demo.model_dir)
     get_peft_model(base, LoraConfig(r=2, target_modules=r".*language_model.*\.q_proj")).save_pretrained(final)
-    load_processor(str(demo.model_dir), vision=vision).save_pretrained(final)
+    AutoProcessor.from_pretrained(demo.model_dir).save_pretrained(final)
     write_model_info(final, base_model=str(demo.model_dir), bbox_format="pixel", vision=vision)
     tall = Image.new("RGB", (600, 2400), "white")
 
@@ -220,6 +223,9 @@ def test_saved_model_carries_the_setting_to_inference_and_merge(demo, tmp_path: 
     assert json.loads((merged / "docval_sft.json").read_text())["vision"]["do_pan_and_scan"] is True
     assert n_images(AutoProcessor.from_pretrained(merged)) == 5  # Phase B2 loading it plainly sees the crops
     shutil.rmtree(merged)
+    # what train writes into final/: the processor it trained with, whose save keeps the crops for a plain load
+    load_processor(str(demo.model_dir), vision=vision).save_pretrained(tmp_path / "saved")
+    assert n_images(AutoProcessor.from_pretrained(tmp_path / "saved")) == 5
 
 
 def test_a_model_without_the_record_runs_without_crops(demo, tmp_path: Path) -> None:
