@@ -99,7 +99,7 @@ def main() -> None:
                                        "crop_boxes": [list(b) for b in c]}
                                 for name, size in REFERENCE_PAGES.items()},
             "load_average": os.getloadavg()[0],
-        }, indent=1))
+        }))
 
 
 if __name__ == "__main__":

@@ -233,3 +233,15 @@ def test_a_model_without_the_record_runs_without_crops(demo, tmp_path: Path) -> 
     assert vision_kwargs({"base_model": "x", "bbox_format": "pixel"})["do_pan_and_scan"] is False
     assert math.isclose(vision_kwargs({"vision": {"pan_and_scan_min_ratio_to_activate": 2.0}})[
         "pan_and_scan_min_ratio_to_activate"], 2.0)
+
+
+def test_validate_data_counts_with_pan_and_scan(demo) -> None:
+    d = demo.data
+    args = ["validate-data", "--train-data", str(d.train), "--image-dir", str(d.image_dir), "--model",
+            str(demo.model_dir), "--json"]
+    tokens = {}
+    for flag in ("--no-pan-and-scan", "--pan-and-scan"):
+        result = runner.invoke(app, [*args, flag])
+        assert result.exit_code == 0, result.output
+        tokens[flag] = json.loads(result.stdout)["splits"]["train"]["tokens"]["image"]
+    assert tokens["--no-pan-and-scan"]["max"] == 64 and tokens["--pan-and-scan"]["max"] == (1 + 2) * 64
