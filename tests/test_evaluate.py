@@ -385,7 +385,7 @@ def fake_loaded(monkeypatch: pytest.MonkeyPatch, oracle):
 
     loads: list[str] = []
 
-    def load_student(model, adapter=None, *, dtype="auto", device=None, identity=None):
+    def load_student(model, adapter=None, *, dtype="auto", device=None, identity=None, pan_and_scan=None):
         loads.append(str(model))
         student = Student()
         student.identity = identity or inference.student_identity(model, adapter)
