@@ -245,3 +245,19 @@ def test_validate_data_counts_with_pan_and_scan(demo) -> None:
         assert result.exit_code == 0, result.output
         tokens[flag] = json.loads(result.stdout)["splits"]["train"]["tokens"]["image"]
     assert tokens["--no-pan-and-scan"]["max"] == 64 and tokens["--pan-and-scan"]["max"] == (1 + 2) * 64
+
+
+def test_training_with_crops_records_them_and_the_student_runs_with_them(demo, tmp_path: Path) -> None:
+    """One optimizer step on batches of 4 pages with 0-2 crops each; final/ says crops and is run with them."""
+    from docval_sft.inference import load_student
+
+    d, out = demo.data, tmp_path / "run"
+    result = runner.invoke(app, ["train", "--preset", "demo", "--model", str(demo.model_dir), "--train-data",
+                                 str(d.train), "--image-dir", str(d.image_dir), "--output-dir", str(out),
+                                 "--set", "do_pan_and_scan=true", "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "training_config.json").read_text())["preset"]["do_pan_and_scan"] is True
+    assert json.loads((out / "final" / "docval_sft.json").read_text())["vision"]["do_pan_and_scan"] is True
+    student = load_student(None, out / "final", dtype="float32")
+    tall = Image.new("RGB", (600, 2400), "white")
+    assert len(student.processor(images=[[tall]], text=["<start_of_image>"])["pixel_values"]) == 5
