@@ -134,7 +134,3 @@ def views(processor: Any, pixel_values: Any, page_size: tuple[int, int], kwargs:
         out.append(View(crop, img))
     return out
 
-
-def n_views(n_image_tokens: int, image_seq_length: int) -> int:
-    """Squares the encoder sees (page + crops) from a record's image-token count."""
-    return n_image_tokens // image_seq_length if image_seq_length else 0
