@@ -168,16 +168,24 @@ def step_plan(preset: Preset, n_records: int, n_processes: int | None = None) ->
     return StepPlan(n_records, n_processes, preset.per_device_train_batch_size * g * n_processes, per_epoch, total)
 
 
-def load_processor(source: Preset | str) -> Any:
-    """The processor of a preset's model, or of a model id / directory; a failure is one line."""
+def load_processor(source: Preset | str, vision: dict[str, Any] | None = None) -> Any:
+    """The processor of a preset's model, or of a model id / directory; a failure is one line. ``vision``: the
+    pan & scan kwargs (default: the preset's); given at load time, they apply to every call of this processor
+    (TRL's collator, generation) and are kept by its ``save_pretrained`` (vision.py)."""
     from transformers import AutoProcessor
 
+    from .vision import check_processor, vision_kwargs
+
     name = source.model_name_or_path if isinstance(source, Preset) else source
+    if vision is None and isinstance(source, Preset):
+        vision = vision_kwargs(source)
     check_model_source(name)
     try:
-        return AutoProcessor.from_pretrained(name)
+        processor = AutoProcessor.from_pretrained(name, **(vision or {}))
     except (OSError, ValueError) as exc:
         raise DocvalError(f"cannot load the processor of {name!r}: {str(exc).splitlines()[0]}") from exc
+    check_processor(processor, vision or {})
+    return processor
 
 
 def load_pretrained(source: str, **kwargs: Any) -> Any:

@@ -70,6 +70,7 @@ Strict = Annotated[bool, typer.Option("--strict", help="Teacher-failure records 
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip records with errors and write the reasons to skipped.jsonl instead of failing.")]
 AllowAbs = Annotated[bool, typer.Option("--allow-absolute-paths", help="Allow records to name absolute image paths outside the image root.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+PanAndScan = Annotated[Optional[bool], typer.Option("--pan-and-scan/--no-pan-and-scan", help="Gemma 3 pan & scan crops of tall/wide pages (default: the preset's, or what the model was trained with; docs/what-the-model-sees.md).")]
 
 
 def command(name: str, app: typer.Typer = app) -> Callable[[F], F]:
@@ -149,6 +150,7 @@ def validate_data_cmd(
     bbox_format: Annotated[str, typer.Option("--bbox-format", help="Box format of the target whose tokens are counted: pixel, norm1000 or norm10000.")] = "pixel",
     workers: Annotated[int, typer.Option("--workers", min=0, help="Processes decoding images and counting tokens (0: this one).")] = 0,
     max_field_chars: Annotated[Optional[int], typer.Option("--max-field-chars", min=1, help="Longest text field in characters; longer is a record error, never tokenised (default 100000).")] = None,
+    pan_and_scan: PanAndScan = None,
     as_json: JsonOut = False,
 ) -> None:
     """Validate Phase A records and their images; with --model, count tokens per record against --max-length."""
@@ -161,7 +163,9 @@ def validate_data_cmd(
     console = _console(as_json)
     from .build import load_processor
 
-    processor = load_processor(model) if model else None
+    from .vision import vision_kwargs
+
+    processor = load_processor(model, vision=vision_kwargs(None, do_pan_and_scan=pan_and_scan)) if model else None
     report = validate_data(
         train_data, image_dir, val_data=val_data, processor=processor, max_length=max_length, strict=strict,
         skip_bad=skip_bad, skipped_file=skipped_out, allow_absolute_paths=allow_absolute_paths,
@@ -471,6 +475,7 @@ def preview_sample_cmd(
     bbox_format: BboxFmt = None,
     out: OutPng = None,
     allow_absolute_paths: AllowAbs = False,
+    pan_and_scan: PanAndScan = None,
     as_json: JsonOut = False,
 ) -> None:
     """Show exactly what the trainer feeds for one record: prompt, target, labeled tokens, counts, boxes."""
@@ -486,16 +491,16 @@ def preview_sample_cmd(
     _check_light(model=model or settings.model_name_or_path)
     from .build import load_processor
 
-    processor = load_processor(model or settings.model_name_or_path)
-    result = preview_sample(record, image_path, processor, max_length=max_length or settings.max_length,
-                            bbox_format=fmt)
-    if out is not None:
-        from .annotate import GROUND_TRUTH, TEACHER, Box, draw_boxes
+    from .vision import vision_kwargs
 
-        boxes = [Box(record.bbox_pred, f"teacher: {record.answer_pred}", TEACHER)]
-        if record.bbox_gt:
-            boxes.append(Box(record.bbox_gt, "ground truth", GROUND_TRUTH))
-        draw_boxes(image_path, boxes, out)
+    vision = vision_kwargs(settings, do_pan_and_scan=pan_and_scan)
+    processor = load_processor(model or settings.model_name_or_path, vision=vision)
+    result = preview_sample(record, image_path, processor, max_length=max_length or settings.max_length,
+                            bbox_format=fmt, vision=vision)
+    if out is not None:
+        from .preview import write_preview_png
+
+        write_preview_png(result, out)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "png": str(out) if out else None}, ensure_ascii=False))
     else:
@@ -519,6 +524,7 @@ def sample_cmd(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation limit.")] = 1024,
     out: OutPng = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
+    pan_and_scan: PanAndScan = None,
     as_json: JsonOut = False,
 ) -> None:
     """Greedy answer of the student, streamed; parsed into steps / answer / box and drawn on the image."""
@@ -538,7 +544,7 @@ def sample_cmd(
         raise DocvalError(f"--image {image}: no such file")
     _check_light(student=(model, adapter), dtype=dtype)
     console = _console(as_json)
-    student = load_student(model, adapter, dtype=dtype)
+    student = load_student(model, adapter, dtype=dtype, pan_and_scan=pan_and_scan)
     console.print(f"[dim]{student.source}; {question}[/dim]", highlight=False)
     stream = None if as_json else (lambda text: console.print(text, end="", markup=False, highlight=False))
     result = sample(student, image, question, record=record, max_new_tokens=max_new_tokens, on_text=stream)
@@ -581,6 +587,7 @@ def evaluate_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the evaluation in --output-dir (same test file, model and settings).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the evaluation in --output-dir.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
+    pan_and_scan: PanAndScan = None,
     as_json: JsonOut = False,
 ) -> None:
     """Phase C metrics of a student on Phase A records: ANLS, IoU, mAP@[.5:.95], CoT compliance, per dataset."""
@@ -594,7 +601,8 @@ def evaluate_cmd(
     try:
         result = evaluate(model, adapter, test_data, image_dir, output_dir, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, limit=limit, resume=resume, overwrite=overwrite,
-                          show_progress=console.is_terminal, dtype=dtype, console=console, echo=echo)
+                          show_progress=console.is_terminal, dtype=dtype, console=console, echo=echo,
+                          pan_and_scan=pan_and_scan)
     except KeyboardInterrupt as exc:
         if _state["debug"]:
             raise
@@ -605,6 +613,8 @@ def evaluate_cmd(
                                      ("--limit", limit, None), ("--dtype", dtype, "auto")):
             if value != default:
                 again += [flag, str(value)]
+        if pan_and_scan is not None:
+            again.append("--pan-and-scan" if pan_and_scan else "--no-pan-and-scan")
         saved = f"{exc}; " if isinstance(exc, EvaluationInterrupted) else ""
         typer.echo(f"stopped by SIGINT: {saved}continue with: {shlex.join([*again, '--resume'])}", err=True)
         raise typer.Exit(130) from None

@@ -37,6 +37,7 @@ CHECKED = {
     "base_weights": ("--model", "the base model"),
     "adapter_weights": ("--adapter", "the adapter's weights"),
     "bbox_format": ("--adapter", "the model's bbox_format (docval_sft.json)"),
+    "vision": ("--pan-and-scan", "the pan & scan setting (docval_sft.json or --pan-and-scan)"),
     "max_new_tokens": ("--max-new-tokens", "max_new_tokens"),
     "dtype": ("--dtype", "the inference dtype"),
 }

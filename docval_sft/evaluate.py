@@ -463,7 +463,7 @@ class _Report:
 def evaluate(model: str | None, adapter: Path | None, test_data: Path, image_dir: Path, output_dir: Path, *,
              batch_size: int = 1, max_new_tokens: int = 1024, limit: int | None = None, resume: bool = False,
              overwrite: bool = False, show_progress: bool = True, dtype: str = "auto", console: Any = None,
-             echo: Callable[[str], None] | None = None) -> EvaluationResult:
+             echo: Callable[[str], None] | None = None, pan_and_scan: bool | None = None) -> EvaluationResult:
     """Check the output dir (and, with --resume, that nothing changed), validate the test file, load the student
     and evaluate it (see the module docstring). Without a bar, ``echo`` gets a line per batch."""
     from .inference import DTYPES, load_student, student_identity
@@ -475,7 +475,7 @@ def evaluate(model: str | None, adapter: Path | None, test_data: Path, image_dir
     if not test_data.is_file():
         raise DocvalError(f"--test-data {test_data}: no such file")
     # Every refusal (output dir, resume conflicts) comes before validating images and loading weights.
-    identity = student_identity(model, adapter)
+    identity = student_identity(model, adapter, pan_and_scan)
     given = {"test_data": str(test_data), "test_data_sha256": sha256_file(test_data), **identity,
              "max_new_tokens": max_new_tokens}
     if dtype != "auto":  # "auto" resolves with the device: checked once the model is loaded
@@ -485,7 +485,7 @@ def evaluate(model: str | None, adapter: Path | None, test_data: Path, image_dir
     if split.errors:
         raise DocvalError(f"{len(split.errors)} record error(s) in {test_data}, first: {split.errors[0]}. "
                           "Check them with `docval-sft validate-data`")
-    student = load_student(model, adapter, dtype=dtype, identity=identity)
+    student = load_student(model, adapter, dtype=dtype, identity=identity, pan_and_scan=pan_and_scan)
     info = {"model_path": str(adapter if adapter is not None else model), "test_data_path": str(test_data),
             "image_dir": str(image_dir)}
     with _Report(output_dir / PREDICTIONS_JSONL, show_progress, console, echo) as report:

@@ -35,11 +35,16 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_model_info(directory: Path, *, base_model: str, bbox_format: str) -> None:
-    """``docval_sft.json`` beside the weights: what `sample`/`evaluate` need to read the outputs back."""
+def write_model_info(directory: Path, *, base_model: str, bbox_format: str,
+                     vision: dict[str, Any] | None = None) -> None:
+    """``docval_sft.json`` beside the weights: what `sample`/`evaluate` need to read the outputs back and to show
+    pages as in training (``vision``: the pan & scan kwargs, vision.py)."""
     if Path(base_model).is_dir():  # a local base: record where it is, not where it was relative to the cwd
         base_model = str(Path(base_model).resolve())
-    write_json_atomic(directory / MODEL_INFO_FILE, {"base_model": base_model, "bbox_format": bbox_format})
+    info: dict[str, Any] = {"base_model": base_model, "bbox_format": bbox_format}
+    if vision is not None:
+        info["vision"] = dict(vision)
+    write_json_atomic(directory / MODEL_INFO_FILE, info)
 
 
 def read_model_info(directory: Path) -> dict[str, Any]:

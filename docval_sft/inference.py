@@ -26,6 +26,7 @@ class Student:
     # What was loaded (eval_header.model_identity) and the dtype it runs in: evaluate --resume compares them.
     identity: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
+    vision: dict[str, Any] = field(default_factory=dict)  # pan & scan kwargs the processor applies (vision.py)
 
     @property
     def device(self) -> Any:
@@ -94,23 +95,42 @@ def _bbox_format(adapter_dir: Path | None) -> BboxFormat:
     return fmt  # type: ignore[return-value]
 
 
-def student_identity(model: str | None, adapter: str | Path | None) -> dict[str, Any]:
-    """What :func:`load_student` would load, by content (see eval_header), plus its bbox_format."""
+def student_vision(adapter_dir: Path | None, pan_and_scan: bool | None = None) -> tuple[dict[str, Any], str | None]:
+    """The pan & scan kwargs a student is run with: the training's (docval_sft.json) unless ``pan_and_scan``
+    overrides the switch, and a warning line when that differs from training."""
+    from .vision import override_note, vision_kwargs
+
+    info = read_model_info(adapter_dir) if adapter_dir else {}
+    trained = vision_kwargs(info)
+    used = vision_kwargs(info, do_pan_and_scan=pan_and_scan)
+    return used, override_note(trained, used)
+
+
+def student_identity(model: str | None, adapter: str | Path | None,
+                     pan_and_scan: bool | None = None) -> dict[str, Any]:
+    """What :func:`load_student` would load, by content (see eval_header), plus its bbox_format and vision input."""
     from .eval_header import model_identity
 
     adapter_dir, lora, base, _ = resolve_student(model, adapter)
     return {**model_identity(adapter_dir, base if (lora or adapter_dir is None) else None),
-            "bbox_format": _bbox_format(adapter_dir)}
+            "bbox_format": _bbox_format(adapter_dir), "vision": student_vision(adapter_dir, pan_and_scan)[0]}
 
 
 def load_student(model: str | None, adapter: str | Path | None = None, *, dtype: str = "auto",
-                 device: str | None = None, identity: dict[str, Any] | None = None) -> Student:
+                 device: str | None = None, identity: dict[str, Any] | None = None,
+                 pan_and_scan: bool | None = None) -> Student:
     """``adapter`` is OUTPUT/final (LoRA), a merged directory, or None (the base alone). ``identity``: a
-    :func:`student_identity` already computed for the same arguments (else it is computed here)."""
+    :func:`student_identity` already computed for the same arguments (else it is computed here).
+    ``pan_and_scan``: override the training's pan & scan switch (a warning on stderr when it differs)."""
+    import sys
+
     adapter_dir, lora, base, weights = resolve_student(model, adapter)
     if identity is None:
-        identity = student_identity(model, adapter)
+        identity = student_identity(model, adapter, pan_and_scan)
     fmt = _bbox_format(adapter_dir)
+    vision, note = student_vision(adapter_dir, pan_and_scan)
+    if note:
+        print(note, file=sys.stderr)
 
     import torch
 
@@ -126,10 +146,10 @@ def load_student(model: str | None, adapter: str | Path | None = None, *, dtype:
 
         net = PeftModel.from_pretrained(net, str(adapter_dir))
     processor_source = str(adapter_dir) if adapter_dir is not None and _has_processor(adapter_dir) else weights
-    processor = load_processor(processor_source)
+    processor = load_processor(processor_source, vision=vision)
     source = f"{base} + {adapter_dir}" if lora else str(weights)
     return Student(net.eval(), processor, fmt, source, identity,
-                   str(torch_dtype).removeprefix("torch."))
+                   str(torch_dtype).removeprefix("torch."), vision)
 
 
 def stop_token_ids(student: Student) -> list[int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import DocvalError
 from .inference import DTYPES, adapter_base_model, inference_dtype
 from .files import RunLock, read_model_info, write_model_info
+from .vision import vision_kwargs
 
 
 def check_merge(model: str | None, adapter: Path, out: Path, *, dtype: str = "bfloat16") -> None:
@@ -53,8 +54,11 @@ def _merge(model: str | None, adapter: Path, out: Path, dtype: str) -> Path:
     if partial.exists():
         shutil.rmtree(partial)
     merged.save_pretrained(str(partial))
-    load_processor(str(adapter)).save_pretrained(str(partial))
-    write_model_info(partial, base_model=base, bbox_format=info.get("bbox_format", "pixel"))
+    # the training's pan & scan settings go into the saved processor: Phase B2 loading it with plain
+    # AutoProcessor sees pages as in training
+    vision = vision_kwargs(info)
+    load_processor(str(adapter), vision=vision).save_pretrained(str(partial))
+    write_model_info(partial, base_model=base, bbox_format=info.get("bbox_format", "pixel"), vision=vision)
     if out.exists():
         out.rmdir()  # empty (checked above)
     partial.rename(out)

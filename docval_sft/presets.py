@@ -51,6 +51,13 @@ class Preset:
     attn_implementation: str = _f("sdpa", "Attention kernel: sdpa (verified to keep image tokens bidirectional), eager, flash_attention_2.")
     load_in_8bit: bool = _f(False, "Load the base in 8-bit (bitsandbytes) and prepare it for k-bit training.")
     load_in_4bit: bool = _f(False, "Load the base in 4-bit NF4 (QLoRA).")
+    # --- vision input (Gemma 3 image processor kwargs; docval_sft/vision.py, docs/what-the-model-sees.md)
+    do_pan_and_scan: bool = _f(False, "Pan & scan: besides the whole page squashed to 896x896, show the encoder "
+                                      "896x896 crops of tall or wide pages (256 more image tokens per crop).")
+    pan_and_scan_min_crop_size: int = _f(256, "Pan & scan: smallest crop side in page pixels.")
+    pan_and_scan_max_num_crops: int = _f(4, "Pan & scan: most crops per page.")
+    pan_and_scan_min_ratio_to_activate: float = _f(1.2, "Pan & scan: crop only pages whose long/short side ratio "
+                                                        "is at least this.")
     # --- LoRA (PEFT)
     use_lora: bool = _f(True, "Train a LoRA adapter; False trains every weight (full fine-tuning).")
     lora_r: int = _f(32, "LoRA rank: adapter capacity and size grow linearly with it.")
@@ -307,6 +314,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model_name_or_path": (lambda v: bool(v.strip()), "a model id or directory"),
     "span_loss_weights": (lambda v: check_weights(v), "SPAN:WEIGHT,... with SPAN in reasoning, answer, bbox, eos, "
                           "format and WEIGHT a finite number >= 0, not all 0 (e.g. answer:2,bbox:4)"),
+    "pan_and_scan_min_crop_size": (lambda v: v >= 1, "an integer >= 1"),
+    # the processor makes at least 2 crops when it crops at all: a maximum of 1 would be a copy of the page
+    "pan_and_scan_max_num_crops": (lambda v: v >= 2, "an integer >= 2"),
+    "pan_and_scan_min_ratio_to_activate": (lambda v: _finite(v) and v >= 1, "a finite number >= 1"),
 }
 assert set(_RANGES) <= set(_FIELD_TYPES)
 

@@ -7,7 +7,7 @@ templating or masking, so what is previewed is what is trained.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from .images import ImageProblem, check_image, open_image, resolve_image
 from .lengths import TokenCount, TokenCounter
 from .records import PhaseARecord, check_box_in_image, load_records
 from .spans import SPAN_NAMES, record_spans, span_counts, token_span_ids
+from .vision import View, views
 
 
 def select_record(data_file: Path, image_dir: Path, *, index: int | None = None, image_id: str | None = None,
@@ -71,6 +72,17 @@ class Preview:
     target_bbox: list[float]  # the box as the target writes it, in bbox_format's frame (record.bbox_pred: pixels)
     spans: dict[str, Any]  # token ranges [start, end) from the first labelled token (spans.record_spans)
     segments: list[tuple[str, str]]  # the labelled text cut into (text, span name) runs, in order
+    # What the vision encoder sees (vision.py): the whole page, then each pan & scan crop, from pixel_values.
+    views: list[View] = field(default_factory=list)
+    vision: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def crops(self) -> list[tuple[int, int, int, int]]:
+        return [v.crop for v in self.views if v.crop is not None]
+
+    def view_boxes(self) -> list[list[float] | None]:
+        """The teacher box in each view's pixels (None where a crop does not hold it)."""
+        return [v.map_box(self.record.bbox_pred, self.image_size) for v in self.views]
 
     @property
     def fits(self) -> bool:
@@ -92,11 +104,15 @@ class Preview:
             # the sequence; "reasoning" is the steps' text, "format" every labelled token in no other span
             "spans": {k: self.spans[k] for k in ("steps", "answer", "bbox", "eos")},
             "span_tokens": span_counts(self.spans),
+            "do_pan_and_scan": bool(self.vision.get("do_pan_and_scan")), "n_crops": len(self.crops),
+            "crops": [list(c) for c in self.crops], "view_size": list(self.views[0].image.size) if self.views else None,
+            "view_boxes": self.view_boxes(),
         }
 
 
 def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, max_length: int | None = None,
-                   bbox_format: BboxFormat = "pixel") -> Preview:
+                   bbox_format: BboxFormat = "pixel", vision: dict[str, Any] | None = None) -> Preview:
+    """``vision``: the pan & scan kwargs ``processor`` was loaded with (only to read back the crop geometry)."""
     counter = TokenCounter(processor, bbox_format)
     image = open_image(image_path)
     batch = counter.collate(record, image)
@@ -121,6 +137,7 @@ def preview_sample(record: PhaseARecord, image_path: Path, processor: Any, *, ma
         counts=count, max_length=max_length, bbox_format=bbox_format,
         target_bbox=list(target_box(record.bbox_pred, bbox_format, image.size)),
         spans=spans, segments=span_segments(labels[labelled].tolist(), spans, tok),
+        views=views(processor, batch["pixel_values"], image.size, vision or {}), vision=dict(vision or {}),
     )
 
 
@@ -133,4 +150,46 @@ def span_segments(label_ids: list[int], spans: dict[str, Any], tokenizer: Any) -
         if i == len(ids) or ids[i] != ids[start]:
             out.append((tokenizer.decode(label_ids[start:i]), SPAN_NAMES[ids[start]]))
             start = i
+    return out
+
+
+def write_preview_png(preview: Preview, out: Path) -> Path:
+    """One PNG: the page at its own size with the teacher box (red), ground truth (green) and the pan & scan crop
+    rectangles (blue); right of it, each square the encoder sees, pixel for pixel as the processor made it
+    (de-normalised ``pixel_values``), with the teacher box mapped into it."""
+    from PIL import Image, ImageDraw
+
+    from .annotate import GROUND_TRUTH, PREDICTION, TEACHER, Box, _font, draw_boxes
+
+    r = preview.record
+    boxes = [Box(r.bbox_pred, f"teacher: {r.answer_pred}", TEACHER)]
+    if r.bbox_gt:
+        boxes.append(Box(r.bbox_gt, "ground truth", GROUND_TRUTH))
+    draw_boxes(preview.image_path, boxes, out)
+    with Image.open(out) as drawn:
+        page = drawn.convert("RGB")
+    font, band, gap = _font(14), 22, 12
+    width = page.width + sum(gap + v.image.width for v in preview.views)
+    height = max(page.height, *(v.image.height + band for v in preview.views), 1)
+    canvas = Image.new("RGB", (width, height + band), (255, 255, 255))
+    canvas.paste(page, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    crops = preview.crops
+    for i, (x, y, w, h) in enumerate(crops, start=1):
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=PREDICTION, width=2)
+        draw.text((x + 4, y + 4), f"crop {i}", fill=PREDICTION, font=font)
+    side = preview.views[0].image.width if preview.views else 0
+    caption = (f"page {page.width}x{page.height}; the encoder sees {side}x{side}: the whole page"
+               + (f" + {len(crops)} pan & scan crops" if crops else ""))
+    draw.text((2, height + 3), caption, fill=(0, 0, 0), font=font)
+    x0 = page.width
+    for i, (view, box) in enumerate(zip(preview.views, preview.view_boxes(), strict=True)):
+        x0 += gap
+        canvas.paste(view.image, (x0, 0))
+        if box is not None:
+            draw.rectangle([x0 + box[0] - 1, box[1] - 1, x0 + box[2], box[3]], outline=TEACHER, width=1)
+        draw.text((x0 + 2, 2 + view.image.height), "page" if view.crop is None else f"crop {i}",
+                  fill=(0, 0, 0) if view.crop is None else PREDICTION, font=font)
+        x0 += view.image.width
+    canvas.save(out)
     return out

@@ -28,6 +28,7 @@ from typing import Any
 from . import checkpoints
 from .errors import DocvalError
 from .files import LOCK_FILE, RunLock, check_readable, write_json_atomic, write_model_info
+from .vision import vision_kwargs
 from .presets import Preset, check_preset, coerce_fields, get_preset
 
 CONFIG_FILE = "training_config.json"
@@ -663,7 +664,8 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
         trainer.save_model(str(partial))
         if main:
             processor.save_pretrained(str(partial))
-            write_model_info(partial, base_model=run.preset.model_name_or_path, bbox_format=fmt)
+            write_model_info(partial, base_model=run.preset.model_name_or_path, bbox_format=fmt,
+                             vision=vision_kwargs(run.preset))
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)

@@ -72,3 +72,15 @@ def test_evaluate_throughput_compares_batch_sizes() -> None:
     lines = run("evaluate_throughput.py", "--records", "4", "--max-new-tokens", "4", "--rounds", "1")
     assert {r["batch_size"] for r in lines if "batch_size" in r} == {1, 4}
     assert lines[-1]["median_records_per_s_b1"] > 0
+
+
+def test_pan_and_scan_cost_counts_crop_tokens_per_dataset() -> None:
+    (report,) = run("pan_and_scan_cost.py", "--n-train", "10", "--timed", "2")
+    assert report["records"] == 10 and sum(d["records"] for d in report["per_dataset"].values()) == 10
+    for d in report["per_dataset"].values():
+        assert d["image_tokens_mean_off"] == 256  # one 896x896 view, Gemma 3's 256 tokens
+        assert d["image_tokens_mean_on"] == pytest.approx(256 * (1 + d["crops_mean"]))
+        assert d["total_tokens_mean_on"] - d["total_tokens_mean_off"] >= 256 * d["crops_mean"]
+    # the issue's pages: 1700x2200 -> round(1.29) = 2 strips of 1100 rows; 600x2400 -> 4 squares of 600
+    assert report["reference_pages"]["docvqa_1700x2200"]["crop_boxes"] == [[0, 0, 1700, 1100], [0, 1100, 1700, 1100]]
+    assert report["reference_pages"]["receipt_600x2400"]["image_tokens"] == 5 * 256

@@ -385,7 +385,7 @@ def fake_loaded(monkeypatch: pytest.MonkeyPatch, oracle):
 
     loads: list[str] = []
 
-    def load_student(model, adapter=None, *, dtype="auto", device=None, identity=None):
+    def load_student(model, adapter=None, *, dtype="auto", device=None, identity=None, pan_and_scan=None):
         loads.append(str(model))
         student = Student()
         student.identity = identity or inference.student_identity(model, adapter)
@@ -407,6 +407,8 @@ def test_cli_refuses_a_conflicting_resume_before_loading_anything(demo, fake_loa
     result = runner.invoke(app, _cli_args(demo, out, "--resume", "--dtype", "float16"))
     assert result.exit_code == 2 and "the inference dtype changed" in result.output
     assert "saved float32, given float16" in result.output and len(fake_loaded) == 1
+    result = runner.invoke(app, _cli_args(demo, out, "--resume", "--pan-and-scan"))  # the base ran without crops
+    assert result.exit_code == 2 and "the pan & scan setting" in result.output and len(fake_loaded) == 1
 
 
 def test_cli_prints_a_line_per_batch_and_the_resume_command_on_ctrl_c(demo, fake_loaded, oracle,
