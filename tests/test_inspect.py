@@ -162,8 +162,9 @@ def test_norm1000_training_records_its_format_and_an_8bit_adapter_merges(demo, t
         "--image-dir", str(d.image_dir), "--output-dir", str(run), "--max-steps", "1", *int8_on_cpu,
         "--bbox-format", "norm1000"])
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "final" / "docval_sft.json").read_text()) == {
-        "base_model": str(demo.model_dir), "bbox_format": "norm1000"}
+    info = json.loads((run / "final" / "docval_sft.json").read_text())
+    assert (info["base_model"], info["bbox_format"], info["vision"]["do_pan_and_scan"]) == (
+        str(demo.model_dir), "norm1000", False)
     assert json.loads((run / "training_config.json").read_text())["preset"]["bbox_format"] == "norm1000"
     out = tmp_path / "merged"
     merged = runner.invoke(app, ["merge", "--adapter", str(run / "final"), "--out", str(out), "--dtype", "float32"])

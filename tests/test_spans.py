@@ -81,7 +81,7 @@ def test_collator_refuses_spans_of_another_format(processor) -> None:
     rec = EDGE_RECORDS["unicode"]
     spans = record_spans(rec, processor, "pixel", (200, 100))
     example = {**to_example(rec, Image.new("RGB", (200, 100)), "norm1000", (200, 100)), "spans": spans}
-    with pytest.raises(ValueError, match="labelled tokens but its spans cover"):
+    with pytest.raises(ValueError, match="labeled tokens but its spans cover"):
         SpanCollator(vision_collator(processor))([example])
 
 
