@@ -200,14 +200,15 @@ def vision_patches(config: Any) -> int:
     return (config.vision_config.image_size // config.vision_config.patch_size) ** 2
 
 
-def sample_layout(config: Any, seq_len: int) -> dict[str, int]:
-    """Token counts of one synthetic sample of exactly ``seq_len`` tokens (see the module docstring)."""
-    image = config.mm_tokens_per_image
-    rest = seq_len - 3 - image  # <bos>, <boi>, <eoi>
+def sample_layout(config: Any, seq_len: int, images: int = 1) -> dict[str, int]:
+    """Token counts of one synthetic sample of exactly ``seq_len`` tokens (see the module docstring); ``images``
+    views of the page (1: the page only; 1 + N: the page and N pan & scan crops, each its own <boi>...<eoi> block)."""
+    image = config.mm_tokens_per_image * images
+    rest = seq_len - 1 - images * 2 - image  # <bos>, and <boi> <eoi> around each view
     if rest < 2:
-        raise ValueError(f"--seq {seq_len} is too short: one image alone takes {image + 3} tokens")
+        raise ValueError(f"--seq {seq_len} is too short: {images} image(s) alone take {seq_len - rest} tokens")
     prompt = min(PROMPT_TOKENS, rest // 5)
-    return {"image_tokens": image, "prompt_tokens": prompt, "target_tokens": rest - prompt}
+    return {"images": images, "image_tokens": image, "prompt_tokens": prompt, "target_tokens": rest - prompt}
 
 
 def flop_coefficients(preset: Any) -> tuple[int, int]:
@@ -217,11 +218,11 @@ def flop_coefficients(preset: Any) -> tuple[int, int]:
     return 4, (4 if preset.lora_vision_tower else 2)
 
 
-def model_flops_per_step(counts: dict[str, int], config: Any, preset: Any, seq_len: int) -> int:
+def model_flops_per_step(counts: dict[str, int], config: Any, preset: Any, seq_len: int, images: int = 1) -> int:
     c_lm, c_vis = flop_coefficients(preset)
     samples = preset.per_device_train_batch_size * preset.gradient_accumulation_steps
     per_sample = (c_lm * counts["lm_nonembedding"] * seq_len
-                  + c_vis * counts["vision_nonembedding"] * vision_patches(config))
+                  + c_vis * counts["vision_nonembedding"] * vision_patches(config) * images)
     return samples * per_sample
 
 
@@ -258,11 +259,12 @@ def extrapolate_layers(two: float, four: float, n_layers: int) -> tuple[float, f
 class SyntheticCollator:
     """Builds the batch TRL's vision collator would, from each example's index alone (deterministic)."""
 
-    def __init__(self, config: Any, seq_len: int, seed: int = 0) -> None:
+    def __init__(self, config: Any, seq_len: int, seed: int = 0, images: int = 1) -> None:
         import torch
 
         self.config, self.seq_len, self.seed = config, seq_len, seed
-        self.layout = sample_layout(config, seq_len)
+        self.layout = sample_layout(config, seq_len, images)
+        self.images = images
         text = config.text_config
         self.bos = text.bos_token_id if text.bos_token_id is not None else 2
         specials = (config.boi_token_index, config.eoi_token_index, config.image_token_index)
@@ -270,7 +272,7 @@ class SyntheticCollator:
         size = config.vision_config.image_size
         # One random image reused by every sample: its content does not change the work, and generating a fresh
         # 3 x 896 x 896 tensor per sample would add host time to the timed steps that real data loading replaces.
-        self.pixel_values = torch.rand((3, size, size), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        self.pixel_values = torch.rand((images, 3, size, size), generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
     def sample(self, index: int) -> dict[str, Any]:
         import torch
@@ -279,9 +281,11 @@ class SyntheticCollator:
         lay = self.layout
         n_text = lay["prompt_tokens"] + lay["target_tokens"]
         text = torch.randint(10, self.text_high, (n_text,), generator=gen)
-        image = torch.full((lay["image_tokens"],), self.config.image_token_index)
-        head = torch.tensor([self.bos, self.config.boi_token_index])
-        input_ids = torch.cat([head, image, torch.tensor([self.config.eoi_token_index]), text])
+        view = [torch.tensor([self.config.boi_token_index]),
+                torch.full((self.config.mm_tokens_per_image,), self.config.image_token_index),
+                torch.tensor([self.config.eoi_token_index])]
+        # each view its own <boi> ... <eoi> block, as Gemma 3's processor writes the page and its crops
+        input_ids = torch.cat([torch.tensor([self.bos]), *(view * self.images), text])
         labels = torch.full_like(input_ids, -100)
         labels[-lay["target_tokens"]:] = input_ids[-lay["target_tokens"]:]
         token_type_ids = (input_ids == self.config.image_token_index).long()
@@ -292,7 +296,8 @@ class SyntheticCollator:
         import torch
 
         samples = [self.sample(int(ex["images"][0])) for ex in examples]
-        batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+        batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != "pixel_values"}
+        batch["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])  # every view of every sample
         batch["attention_mask"] = torch.ones_like(batch["input_ids"])
         return batch
 
@@ -447,7 +452,7 @@ def base_record(preset: Any, config: Any, counts: dict[str, int], seq_len: int, 
     return {
         "bench": "gpu", "preset": preset.name, "variant": variant, "overrides": overrides, "scale": args.scale,
         "seq_len": seq_len,
-        **sample_layout(config, seq_len), "vision_patches_per_image": vision_patches(config),
+        **sample_layout(config, seq_len, args.images), "vision_patches_per_image": vision_patches(config),
         "per_device_train_batch_size": preset.per_device_train_batch_size,
         "gradient_accumulation_steps": preset.gradient_accumulation_steps, "samples_per_step": samples,
         "tokens_per_step": samples * seq_len, "steps": args.steps, "warmup": args.warmup,
@@ -457,7 +462,7 @@ def base_record(preset: Any, config: Any, counts: dict[str, int], seq_len: int, 
         "dtype": preset.dtype, "attn_implementation": preset.attn_implementation, "load": args.load,
         "n_params_total": counts["total"], "n_lm_nonembedding": counts["lm_nonembedding"],
         "n_vision_nonembedding": counts["vision_nonembedding"], "c_lm": c_lm, "c_vis": c_vis,
-        "model_flops_per_step": model_flops_per_step(counts, config, preset, seq_len),
+        "model_flops_per_step": model_flops_per_step(counts, config, preset, seq_len, args.images),
         "device": device_name,
     }
 
@@ -501,7 +506,7 @@ def measure(preset: Any, config: Any, counts: dict[str, int], seq_len: int, sour
         from docval_sft.callbacks import FrozenVisionTowerCallback
 
         trainer.remove_callback(FrozenVisionTowerCallback)
-    trainer.data_collator = SyntheticCollator(config, seq_len, seed=preset.seed)
+    trainer.data_collator = SyntheticCollator(config, seq_len, seed=preset.seed, images=args.images)
     setup_s = time.perf_counter() - t0
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     resident = None
@@ -534,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS),
                         help="preset names, or NAME:field=value,... variants (see above)")
     parser.add_argument("--seq", nargs="+", type=int, default=list(DEFAULT_SEQS), help="tokens per sample")
+    parser.add_argument("--images", type=int, default=1,
+                        help="views of the page per sample: 1, or 1 + N pan & scan crops (3: a 1700x2200 page, "
+                             "5: a 600x2400 receipt; docs/what-the-model-sees.md)")
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first (>= 1)")
     parser.add_argument("--scale", choices=("full", "tiny"), default=None,

@@ -78,8 +78,13 @@ def test_flop_formula_and_layout_for_12b() -> None:
     from docval_sft.presets import get_preset
 
     config = bench.make_config("full")
-    assert bench.sample_layout(config, 760) == {"image_tokens": 256, "prompt_tokens": 100, "target_tokens": 401}
-    assert bench.sample_layout(config, 2048) == {"image_tokens": 256, "prompt_tokens": 100, "target_tokens": 1689}
+    assert bench.sample_layout(config, 760) == {"images": 1, "image_tokens": 256, "prompt_tokens": 100,
+                                                "target_tokens": 401}
+    assert bench.sample_layout(config, 2048) == {"images": 1, "image_tokens": 256, "prompt_tokens": 100,
+                                                 "target_tokens": 1689}
+    # pan & scan: the page + 2 crops, three <boi> 256 x image <eoi> blocks: 1 + 3 * 258 = 775 tokens before the text
+    assert bench.sample_layout(config, 1400, images=3) == {"images": 3, "image_tokens": 768, "prompt_tokens": 100,
+                                                           "target_tokens": 525}
     assert bench.vision_patches(config) == 4096
     _, n_lm, n_vis = independent_counts(config)
     counts = bench.param_counts(config)
@@ -87,6 +92,7 @@ def test_flop_formula_and_layout_for_12b() -> None:
     a100, full = get_preset("a100"), get_preset("full-ft")
     assert bench.model_flops_per_step(counts, config, a100, 760) == 16 * (4 * n_lm * 760 + 2 * n_vis * 4096)
     assert bench.model_flops_per_step(counts, config, full, 2048) == 32 * (6 * n_lm * 2048 + 6 * n_vis * 4096)
+    assert bench.model_flops_per_step(counts, config, a100, 1400, 3) == 16 * (4 * n_lm * 1400 + 2 * n_vis * 4096 * 3)
 
 
 def test_synthetic_batch_matches_trls_vision_collator(tmp_path: Path) -> None:
@@ -118,6 +124,22 @@ def test_synthetic_batch_matches_trls_vision_collator(tmp_path: Path) -> None:
     assert int((labels[0] != -100).sum()) == layout["target_tokens"]
     assert torch.equal(labels[labels != -100], ids[labels != -100])
     assert bool(synthetic["attention_mask"].all())
+
+
+def test_synthetic_pan_and_scan_batch_has_one_block_per_view() -> None:
+    """--images 3 (the page + 2 crops): each sample holds three <boi> image x 256 <eoi> blocks, as Gemma 3's processor
+    writes them, and pixel_values holds every view of every sample (B x 3 images)."""
+    bench = load_bench()
+    config = bench.make_config("tiny")
+    batch = bench.SyntheticCollator(config, 200, images=3)([{"images": [0]}, {"images": [1]}])
+    size = config.vision_config.image_size
+    assert batch["pixel_values"].shape == (6, 3, size, size)
+    for ids in batch["input_ids"]:
+        assert ids.shape == (200,)
+        assert int((ids == config.boi_token_index).sum()) == int((ids == config.eoi_token_index).sum()) == 3
+        assert int((ids == config.image_token_index).sum()) == 3 * config.mm_tokens_per_image
+        starts = (ids == config.boi_token_index).nonzero().flatten().tolist()
+        assert starts == [1 + k * (config.mm_tokens_per_image + 2) for k in range(3)]  # contiguous, one per view
 
 
 def test_variant_specs_override_typed_preset_fields() -> None:
