@@ -131,6 +131,9 @@ NOT_RUN: dict[str, str] = {
     "h100 a100 a100:lora_dropout=0 a100:per_device_train_batch_size=4,gradient_accumulation_steps=4 "
     "a100:gradient_checkpointing=false,lora_dropout=0 3090-8bit full-ft": "a 12B model on an 80 GB GPU; "
     "tests/test_benchmark_gpu.py runs the script at tiny scale on the CPU",
+    "python benchmarks/gpu.py --scale full --seq 1276 --images 3 --steps 3 --warmup 1 --budget-s 300 --out "
+    "gpu-pan-and-scan.jsonl --presets a100 h100": "a 12B model on an 80 GB GPU; tests/test_benchmark_gpu.py checks "
+    "the pan & scan batches (--images) and their FLOPs",
     "python benchmarks/record_gpu.py gpu.jsonl": "reads gpu.py's GPU output and rewrites the package's "
     "docval_sft/performance.json; tests/test_benchmark_gpu.py runs it on a measured file with --file",
     "pip install -q --no-index --no-deps --target /tmp/mp '.gpu_site/whl/*.whl'": "an install on the lent GPU "
