@@ -22,9 +22,9 @@ def _switches_without_type() -> None:
     typer 0.29 prints a type for every option and has no setting for this; ``None`` is its "no type" value."""
     from typer.core import TyperOption
 
-    shown = TyperOption.display_type_rich
-    if getattr(shown, "docval_switches", False):
-        return
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "docval_switches", False):
+        return  # typer < 0.29 has no such hook (and shows no type after a switch)
 
     def display_type_rich(self: TyperOption, ctx: Any) -> Optional[str]:
         return None if self.is_flag else shown(self, ctx)
