@@ -139,7 +139,7 @@ def test_help_reads_at_80_columns_and_switches_take_no_type(command: str) -> Non
     assert "<bool>" not in done.stdout  # a switch takes no value
     if command == "train":
         assert re.search(r"│ --overwrite +Replace the run", done.stdout)
-        assert re.search(r"--lr +(<float|FLOAT)", done.stdout)  # an option with a value keeps its type (typer < 0.29: FLOAT)
+        assert re.search(r"--lr +(<float|FLOAT)", done.stdout)  # a valued option keeps its type
 
 
 def test_debug_works_after_the_command(tmp_path: Path) -> None:
