@@ -193,7 +193,9 @@ def test_model_access(hub: HubAccess, status: str, words: str) -> None:
 
 
 def _run_probe(endpoint: str, timeout: float) -> tuple[dict, float]:
-    code = ("import dataclasses, json, time; from docval_sft.doctor import probe_hub; start = time.monotonic(); "
+    # the clock starts after the imports: what is timed is the probe (a loaded 2-core machine imports slowly)
+    code = ("import dataclasses, json, time; import huggingface_hub.hf_api; from docval_sft.doctor import probe_hub; "
+            "start = time.monotonic(); "
             f"hub = dataclasses.asdict(probe_hub('google/gemma-3-12b-it', timeout={timeout})); "
             "print(json.dumps({**hub, 'seconds': time.monotonic() - start}))")
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": "/nonexistent-hf-home",
@@ -215,7 +217,7 @@ def test_unreachable_hub_is_reported_in_seconds_never_a_hang() -> None:
     finally:
         silent.close()
     assert hub["access"] == "error" and hub["reachable"] is False and not hub["offline"]
-    assert seconds < 2 * 1.0 + 1 + 1.5  # the probe's cap (2 x its timeout + 1 s) + slack; retries took minutes
+    assert seconds < 2 * 1.0 + 1 + 2.5  # the probe's cap (2 x its timeout + 1 s) + slack; retries took minutes
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
