@@ -135,7 +135,9 @@ def test_a_person_answers_the_prompts_to_a_finished_demo_run(work: Path) -> None
     term.expect("OK: every record is usable.")
     term.expect("GPUs: none")
     term.expect("demo (recommended)")
-    term.expect("Preset [a100/h100/3090-8bit/full-ft/demo] (demo):")
+    from docval_sft.presets import PRESETS
+
+    term.expect(f"Preset [{'/'.join(PRESETS)}] (demo):")  # every preset offered, the one that fits proposed
     term.send("demo\r")
     term.expect("Output directory (docval/models/student_b1):")
     term.send("my-run\r")
