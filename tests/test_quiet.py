@@ -54,7 +54,8 @@ def test_a_quantized_run_gets_bitsandbytes_back_and_its_warnings_once(demo, tmp_
     lines = done.stderr.strip().splitlines()
     assert lines[-1] == "BNB True", done.stderr[-3000:]
     assert (tmp_path / "out" / "final" / "adapter_model.safetensors").is_file(), done.stderr[-3000:]
-    cast = [line for line in lines if "MatMul8bitLt" in line]
+    # bitsandbytes < 0.50 warns through `warnings` (a location line + its source line), later through logging
+    cast = [line for line in lines if "MatMul8bitLt" in line and "warnings.warn(" not in line]
     assert len(cast) <= 1, cast[:3]
     assert not [line for line in lines if "gemm_4bit_forward" in line]
 
