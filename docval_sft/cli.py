@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from .errors import DocvalError
+from .presets import PRESETS  # a few ms of dataclasses: the --preset help lists the registry, never a copy of it
 
 
 def _switches_without_type() -> None:
@@ -299,7 +300,7 @@ def train_cmd(
     image_dir: Annotated[Optional[Path], typer.Option("--image-dir", help="Image root (CORD/, DocVQA/images/, ...).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Run directory (checkpoints, final/, logs).")] = None,
     val_data: ValData = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="a100 (default), h100, 3090-8bit, full-ft or demo (`docval-sft presets`).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help=f"{', '.join(PRESETS)} (default a100; `docval-sft presets`).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML of preset fields and run paths; flags win.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from OUTPUT/checkpoint-N (or OUTPUT: latest).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in a non-empty --output-dir.")] = False,
