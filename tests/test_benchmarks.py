@@ -84,3 +84,13 @@ def test_pan_and_scan_cost_counts_crop_tokens_per_dataset() -> None:
     # the pages: 1700x2200 -> round(1.29) = 2 strips of 1100 rows; 600x2400 -> 4 squares of 600
     assert report["reference_pages"]["docvqa_1700x2200"]["crop_boxes"] == [[0, 0, 1700, 1100], [0, 1100, 1700, 1100]]
     assert report["reference_pages"]["receipt_600x2400"]["image_tokens"] == 5 * 256
+
+
+def test_span_weights_trains_both_arms_per_seed_and_compares_mean_iou() -> None:
+    lines = run("span_weights.py", "--steps", "3", "--seeds", "0", "--n-test", "2", "--max-new-tokens", "8",
+                "--weight", "3")
+    runs, summary = lines[:-1], lines[-1]
+    assert [(r["seed"], r["span_loss_weights"]) for r in runs] == [(0, "(default: all 1)"), (0, "bbox:3")]
+    assert all(r["steps"] == 3 and r["n"] == 2 and 0 <= r["mean_iou"] <= 1 for r in runs)
+    assert summary["mean_iou_default"] == runs[0]["mean_iou"] and summary["mean_iou_weighted"] == runs[1]["mean_iou"]
+    assert summary["difference_per_seed"] == [round(runs[1]["mean_iou"] - runs[0]["mean_iou"], 4)]

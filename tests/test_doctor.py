@@ -47,7 +47,7 @@ def test_doctor_on_this_cpu_machine_says_no_gpu_and_the_demo_runs(demo_cwd: Path
     assert report["can_start"] is True and report["recommended_preset"] == "demo" and report["preset"] == "demo"
     fits = {f["preset"]: f["fits"] for f in report["presets"]}
     assert fits == {"a100": False, "h100": False, "3090-8bit": False, "full-ft": False, "4b-24gb": False,
-                    "27b-4bit": False, "demo": True}
+                    "27b-4bit": False, "demo": True, "demo-learn": True}
     checks = {c["topic"]: c for c in report["checks"]}
     assert checks["gpu"]["status"] == "warn" and checks["gpu"]["fix"]
     assert checks["model"]["status"] == "ok" and "local directory" in checks["model"]["text"]
@@ -121,7 +121,7 @@ def test_an_80gb_h100_fits_the_a100_and_h100_presets() -> None:
 def test_a_24gb_3090_fits_the_8bit_and_4b_presets_and_8bit_needs_bitsandbytes() -> None:
     d = doctor.diagnose(_gpu_machine(RTX3090))
     # 12B only in 8-bit; Gemma 3 4B in bf16 by the estimator's figure (18 GB); the guide's 12B student is recommended
-    assert _fits(d) == {"3090-8bit", "4b-24gb", "demo"} and d.recommended == "3090-8bit" and d.can_start
+    assert _fits(d) == {"3090-8bit", "4b-24gb", "demo", "demo-learn"} and d.recommended == "3090-8bit" and d.can_start
     a100 = next(f for f in d.fits if f.preset == "a100")
     assert "needs 80 GB per GPU" in a100.why and "25 GB" in a100.why
     # bitsandbytes that cannot run on the card: no 8-bit preset, and the reason is in the line
@@ -134,7 +134,7 @@ def test_a_24gb_3090_fits_the_8bit_and_4b_presets_and_8bit_needs_bitsandbytes() 
 
 def test_no_bf16_gpu_fits_no_gpu_preset() -> None:
     d = doctor.diagnose(_gpu_machine(V100))
-    assert _fits(d) == {"demo"}
+    assert _fits(d) == {"demo", "demo-learn"}
     assert next(f for f in d.findings if f.topic == "gpu0").status == "warn"
 
 
