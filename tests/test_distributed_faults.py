@@ -165,3 +165,25 @@ def test_only_rank_0_checks_the_data(demo, tmp_path: Path) -> None:
     assert json.loads((ranks / "validated-rank-0").read_text())["train_records"] == 64
     assert json.loads((out / "training_config.json").read_text())["step_plan"]["world_size"] == 2
     assert done.stdout.count("done: 1 steps") == 1 and (out / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_second_signal_to_one_rank_during_the_save_ends_every_rank_in_one_line(demo, tmp_path: Path) -> None:
+    """The second SIGTERM reaches rank 1 only, mid-save: rank 1 aborts; rank 0, waiting for it in the save's
+    barrier, loses its peer. Every rank ends at once, each with one line naming checkpoint-2 (no gloo traceback),
+    and exits 128 + SIGTERM; the half-written checkpoint-3 is set aside, so no resume starts from it."""
+    out = tmp_path / "run"
+    done, exits, seconds = launch("signal-at-step:3:SIGTERM:rank1+signal-in-save-on:3:SIGTERM:1",
+                                  train_args(demo, out, "--max-steps", "8", "--save-steps", "2"), tmp_path / "ranks")
+    print(f"aborted 2-process run: {seconds:.1f}s")
+    assert exits == {0: "143", 1: "143"}, done.stderr[-3000:]
+    where = (f"at step 3: the newest complete checkpoint is {out / 'checkpoint-2'}; continue with: docval-sft resume "
+             f"{out}")
+    errors = sorted(line for line in done.stderr.splitlines() if line.startswith("error: "))
+    # rank 0 says whichever reached it first: its peer's abort in the barrier, or torchrun's SIGTERM after it
+    assert len(errors) == 2 and all(re.fullmatch(
+        rf"error: aborted by a second (SIGTERM|signal on another rank) {re.escape(where)}", e) for e in errors), \
+        done.stderr[-3000:]
+    assert "[rank0]:" not in done.stderr and "[rank1]:" not in done.stderr  # no worker traceback
+    # rank 0's own files of checkpoint-3 would pass for a complete checkpoint (rank 1's RNG state is missing)
+    assert not (out / "checkpoint-3").exists() and (out / "incomplete-checkpoint-3").is_dir()
+    assert checkpoints.scan(out).latest == out / "checkpoint-2" and not (out / "final").exists()

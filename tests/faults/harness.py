@@ -11,6 +11,8 @@ FAULT is one of
   signal-in-validation:SIG:WHO
                           send SIG while worker processes check the records (after their first results), to this
                           process only (WHO=parent) or to its whole process group (WHO=group, as a terminal does)
+  signal-in-save-on:N:SIG:R
+                          send one SIG to this process on rank R only, at the same moment as signal-in-save
   signal-at-step:N:SIG:WHO
                           at the end of optimizer step N (before any callback sees it) send SIG to this process on
                           one rank (WHO=rank0, rank1, ...; RANK of a torchrun launch, 0 without one), to this process
@@ -135,6 +137,10 @@ def _apply(fault: str) -> None:
         step, name = spec.split(":")
         _at_step(int(step), lambda: (os.kill(os.getpid(), getattr(signal, name)),
                                      os.kill(os.getpid(), getattr(signal, name))))
+    elif kind == "signal-in-save-on":
+        step, name, rank = spec.split(":")
+        if _rank() == int(rank):
+            _at_step(int(step), lambda: os.kill(os.getpid(), getattr(signal, name)))
     elif kind == "enospc-in-save":
         def full() -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
