@@ -56,7 +56,9 @@ def build_quantization_config(preset: Preset) -> BitsAndBytesConfig | None:
     if not (preset.load_in_8bit or preset.load_in_4bit):
         return None
     if not preset.use_lora:
-        raise DocvalError("a quantized base cannot be fully fine-tuned; keep use_lora (--use-lora) with --use-8bit")
+        from .presets import full_finetune_quantized
+
+        raise DocvalError(full_finetune_quantized(preset))
     import torch
     from transformers import BitsAndBytesConfig
 
