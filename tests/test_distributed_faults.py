@@ -144,8 +144,8 @@ def test_second_signal_during_the_interrupt_save_aborts_every_rank_at_once(demo,
                                   train_args(demo, out, "--max-steps", "8", "--save-steps", "2"), tmp_path / "ranks")
     print(f"aborted 2-process run: {seconds:.1f}s")
     assert exits == {0: "143", 1: "143"}, done.stderr[-3000:]
-    expected = (f"error: aborted by a second SIGTERM at step 3: the newest complete checkpoint is {out / 'checkpoint-2'}"
-                f"; continue with: docval-sft resume {out}")
+    expected = (f"error: aborted by a second SIGTERM at step 3: the newest complete checkpoint is "
+                f"{out / 'checkpoint-2'}; continue with: docval-sft resume {out}")
     assert [line for line in done.stderr.splitlines() if line.startswith("error: ")] == [expected, expected], \
         done.stderr[-3000:]
     assert checkpoints.problem(out / "checkpoint-3") is not None and checkpoints.problem(out / "checkpoint-2") is None

@@ -112,7 +112,8 @@ def test_4bit_run_trains_the_adapter_on_an_nf4_base(demo, tmp_path: Path, monkey
 
     monkeypatch.setattr(docval_sft.build, "build_trainer", recording)
     out = tmp_path / "q4"
-    result = runner.invoke(app, [*run_args(demo, out, "--max-steps", "2", "--grad-accum", "2", "--set", "dtype=float32"), *ON_CPU])
+    result = runner.invoke(app, [*run_args(demo, out, "--max-steps", "2", "--grad-accum", "2", "--set", "dtype=float32"),
+                                 *ON_CPU])
     assert result.exit_code == 0, result.output
     model = seen["trainer"].model
     assert_nf4_base(model, torch.float32)
