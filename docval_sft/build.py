@@ -56,7 +56,9 @@ def build_quantization_config(preset: Preset) -> BitsAndBytesConfig | None:
     if not (preset.load_in_8bit or preset.load_in_4bit):
         return None
     if not preset.use_lora:
-        raise DocvalError("a quantized base cannot be fully fine-tuned; keep use_lora (--use-lora) with --use-8bit")
+        from .presets import full_finetune_quantized
+
+        raise DocvalError(full_finetune_quantized(preset))
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -443,7 +445,14 @@ def trainer_class() -> type:
                 raise
             except Exception as exc:
                 raise SaveFailed(save_failure(str(folder), exc)) from exc
-            self.accelerator.wait_for_everyone()  # every rank's rng state and shards are on disk
+            try:
+                self.accelerator.wait_for_everyone()  # every rank's rng state and shards are on disk
+            except RuntimeError:
+                # another rank died mid-save (a second signal there, a crash): its files are missing, yet this
+                # rank's alone pass for a complete marker-less checkpoint; keep it out of any resume
+                if self.args.should_save and folder.is_dir():
+                    checkpoints.set_aside([folder])
+                raise
             if self.args.should_save:
                 interrupted = any(isinstance(cb, InterruptCallback) and cb.received is not None
                                   for cb in self.callback_handler.callbacks)

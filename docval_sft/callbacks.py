@@ -159,19 +159,22 @@ class InterruptCallback(TrainerCallback):
                 signum = getattr(signal, name)
                 self._previous[signum] = signal.signal(signum, self._handle)
 
-    def _any_rank(self, args: Any) -> bool:
+    def _any_rank(self, args: Any) -> int | None:
+        """The signal any rank received (the highest number if they differ), or None. Every rank then stops, and
+        says and exits with that signal (128 + its number), also a rank that was not signalled itself."""
         import torch
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
-            return self.received is not None
-        flag = torch.tensor([0 if self.received is None else 1], device=args.device)
+            return self.received
+        flag = torch.tensor([self.received or 0], device=args.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return int(flag.item()) or (0 if self.received is not None else None)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._any_rank(args):
-            self.received = self.received or 0
+        signum = self._any_rank(args)
+        if signum is not None:
+            self.received = self.received or signum
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True

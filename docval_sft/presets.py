@@ -347,8 +347,16 @@ def check_preset(preset: Preset, *, source: str) -> None:
     if preset.load_in_8bit and preset.load_in_4bit:
         raise DocvalError(f"{source}: load_in_8bit and load_in_4bit are exclusive; choose one")
     if (preset.load_in_8bit or preset.load_in_4bit) and not preset.use_lora:
-        raise DocvalError(f"{source}: a quantized base cannot be fully fine-tuned; keep use_lora (--use-lora) with "
-                          "--use-8bit")
+        raise DocvalError(f"{source}: {full_finetune_quantized(preset)}")
+
+
+def full_finetune_quantized(preset: Preset) -> str:
+    """Why a quantized base with use_lora off is refused, naming the quantization in use and both ways out."""
+    if preset.load_in_8bit:
+        return ("a quantized base (load_in_8bit) cannot be fully fine-tuned; keep use_lora (--use-lora) with "
+                "--use-8bit, or load the base unquantized (--no-8bit)")
+    return ("a quantized base (load_in_4bit) cannot be fully fine-tuned; keep use_lora (--use-lora) with load_in_4bit, "
+            "or load the base unquantized (--set load_in_4bit=false)")
 
 
 def field_help() -> dict[str, str]:

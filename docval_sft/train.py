@@ -483,10 +483,10 @@ class Interrupted(DocvalError):
 class Aborted(DocvalError):
     """A second signal stopped training at once, possibly mid-save; says where a resume would start."""
 
-    def __init__(self, signum: int, output_dir: Path, step: int | None) -> None:
+    def __init__(self, signum: int, output_dir: Path, step: int | None, what: str | None = None) -> None:
         import signal
 
-        what = f"a second {signal.Signals(signum).name}" if signum else "an interrupt"
+        what = what or (f"a second {signal.Signals(signum).name}" if signum else "an interrupt")
         self.exit_code = 128 + signum if signum else 130
         found = checkpoints.scan(output_dir).latest if output_dir.is_dir() else None
         where = (f"the newest complete checkpoint is {found}; continue with: docval-sft resume {output_dir}"
@@ -644,6 +644,17 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
             if main:
                 log.note(f"stopped: {exc}")
             raise
+        except RuntimeError as exc:
+            # Stopping on a signal, this rank lost another one in a collective (gloo: "Connection closed by peer"):
+            # that rank was aborted by a second signal during the save. Say so in one line, not a traceback; the
+            # launcher's own signal to this rank, a moment later, must not interrupt it (it would be a traceback).
+            if not (state.num_processes > 1 and interrupt.received is not None):
+                raise
+            import signal
+
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            raise Aborted(interrupt.received, out, trainer.state.global_step,
+                          what="a second signal on another rank") from None
     if interrupt.received is not None:
         raise Interrupted(interrupt.received, out, interrupt.stopped_at)
     if probe_timer is not None:

@@ -11,6 +11,21 @@ FAULT is one of
   signal-in-validation:SIG:WHO
                           send SIG while worker processes check the records (after their first results), to this
                           process only (WHO=parent) or to its whole process group (WHO=group, as a terminal does)
+  signal-in-save-on:N:SIG:R
+                          send one SIG to this process on rank R only, at the same moment as signal-in-save
+  signal-at-step:N:SIG:WHO
+                          at the end of optimizer step N (before any callback sees it) send SIG to this process on
+                          one rank (WHO=rank0, rank1, ...; RANK of a torchrun launch, 0 without one), to this process
+                          on every rank (WHO=all), or rank 0 sends it to its parent, the torchrun launcher
+                          (WHO=launcher), which forwards it to every rank
+  trace-validation        no fault: each call of validate_data (the data checks before training) writes
+                          validated-rank-R (its call count and training records) into HARNESS_RANK_DIR
+  none                    no fault
+FAULT+FAULT+... applies several (e.g. a first signal at a step, then another during the save it causes).
+
+With HARNESS_RANK_DIR set, each process writes rank-R.pid when it starts and rank-R.exit (its exit code) when it
+ends, so that a test of a torchrun launch sees every rank's exit code (torchrun reports only its own) and can end
+exactly the processes it started.
 The patches touch transformers' Trainer internals on purpose: the moments they name are inside it.
 """
 
@@ -35,19 +50,97 @@ def _at_step(n: int, action):  # noqa: ANN001, ANN202 - a tiny test helper
     Trainer._save_rng_state = patched
 
 
+def _at_step_end(n: int, action):  # noqa: ANN001, ANN202
+    from transformers.trainer_callback import CallbackHandler
+
+    original = CallbackHandler.on_step_end
+
+    def patched(self, args, state, control):  # noqa: ANN001, ANN202
+        if state.global_step == n:
+            action()
+        return original(self, args, state, control)
+
+    CallbackHandler.on_step_end = patched
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def main() -> None:
     fault, sep, *args = sys.argv[1:]
     assert sep == "--", "usage: harness.py FAULT -- ARGS"
     from docval_sft.quiet import hide_bitsandbytes
 
     hide_bitsandbytes()  # as the command line does first: the patches below import transformers' Trainer (and peft)
+    for part in fault.split("+"):
+        _apply(part)
+    sys.argv = ["docval-sft", *args]
+    from docval_sft.cli import main as cli_main
+
+    ranks = os.environ.get("HARNESS_RANK_DIR")
+    if not ranks:
+        cli_main()
+        return
+    from pathlib import Path
+
+    Path(ranks, f"rank-{_rank()}.pid").write_text(str(os.getpid()))
+    code: object = 0
+    try:
+        cli_main()
+    except SystemExit as exc:
+        code = exc.code
+        raise
+    except BaseException:
+        code = "exception"
+        raise
+    finally:
+        Path(ranks, f"rank-{_rank()}.exit").write_text(str(code if code is not None else 0))
+
+
+def _apply(fault: str) -> None:
     kind, _, spec = fault.partition(":")
-    if kind == "kill-in-save":
+    if kind == "none":
+        pass
+    elif kind == "trace-validation":
+        import json
+        from pathlib import Path
+
+        import docval_sft.validate
+
+        validate_data = docval_sft.validate.validate_data
+        calls = []
+
+        def traced(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            report = validate_data(*a, **k)
+            calls.append(len(report.splits[0].records))
+            Path(os.environ["HARNESS_RANK_DIR"], f"validated-rank-{_rank()}").write_text(
+                json.dumps({"calls": len(calls), "train_records": calls[-1]}))
+            return report
+
+        docval_sft.validate.validate_data = traced
+    elif kind == "signal-at-step":
+        step, name, who = spec.split(":")
+        sig = getattr(signal, name)
+
+        def send() -> None:
+            if who == "launcher":
+                if _rank() == 0:
+                    os.kill(os.getppid(), sig)
+            elif who == "all" or who == f"rank{_rank()}":
+                os.kill(os.getpid(), sig)
+
+        _at_step_end(int(step), send)
+    elif kind == "kill-in-save":
         _at_step(int(spec), lambda: os.kill(os.getpid(), signal.SIGKILL))
     elif kind == "signal-in-save":
         step, name = spec.split(":")
         _at_step(int(step), lambda: (os.kill(os.getpid(), getattr(signal, name)),
                                      os.kill(os.getpid(), getattr(signal, name))))
+    elif kind == "signal-in-save-on":
+        step, name, rank = spec.split(":")
+        if _rank() == int(rank):
+            _at_step(int(step), lambda: os.kill(os.getpid(), getattr(signal, name)))
     elif kind == "enospc-in-save":
         def full() -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -76,10 +169,6 @@ def main() -> None:
         docval_sft.train.write_model_info = killed
     else:
         raise SystemExit(f"unknown fault {fault}")
-    sys.argv = ["docval-sft", *args]
-    from docval_sft.cli import main as cli_main
-
-    cli_main()
 
 
 if __name__ == "__main__":
