@@ -125,23 +125,41 @@ class InterruptCallback(TrainerCallback):
     """SIGINT/SIGTERM: finish the current optimizer step, save a checkpoint, stop; a second signal aborts at once.
 
     In a distributed run the flag is reduced across ranks every step, so all ranks stop at the same step even if
-    only one of them received the signal.
+    only one of them received the signal. Under torchrun one quick repeat of the first signal is torchrun's forward
+    of it, not a second signal (``FORWARD_WINDOW``).
     """
 
     SIGNALS = ("SIGINT", "SIGTERM")
+    # Under torchrun a signal sent to every process of the job (Slurm's pre-emption, a kill of every pid) reaches
+    # each rank twice: directly, and forwarded a moment later by the launcher, which re-sends what it got to every
+    # worker. One repeat of the first signal's number within this many seconds is that forward, not a second signal.
+    FORWARD_WINDOW = 5.0
 
     def __init__(self) -> None:
+        import os
+
         self.received: int | None = None
         self.second: int | None = None
         self.stopped_at: int | None = None
         self._previous: dict[int, Any] = {}
+        self._launched = "TORCHELASTIC_RUN_ID" in os.environ  # set by torchrun in each worker
+        self._first_at: float | None = None  # when this process's handler got the first signal
+        self._forward_absorbed = False
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:  # second signal: the user really wants out now
-            self.second = signum
+        import time
+
+        now = time.monotonic()
+        if self.received is not None:
+            if (self._launched and not self._forward_absorbed and self._first_at is not None
+                    and signum == self.received and now - self._first_at <= self.FORWARD_WINDOW):
+                self._forward_absorbed = True  # the launcher's forward of the first signal
+                return
+            self.second = signum  # a second signal: the user really wants out now
             self._restore()
             raise KeyboardInterrupt
         self.received = signum
+        self._first_at = now
 
     def _restore(self) -> None:
         import signal

@@ -1,7 +1,7 @@
 """A 2-process CPU (gloo) run under torchrun meets a signal: every rank stops at the same optimizer step, one complete
 checkpoint is written, every rank says so and exits 128 + the signal, and `docval-sft resume` finishes the run; a
-second signal during that save aborts every rank at once, naming the checkpoint a resume starts from. Only rank 0
-checks the data.
+second signal during that save aborts every rank at once, naming the checkpoint a resume starts from. A signal sent
+to every rank and to torchrun, which forwards it, is one signal, not two. Only rank 0 checks the data.
 
 The faults are injected at a named optimizer step by tests/faults/harness.py (no sleeps): it runs as each rank's
 program and writes each rank's pid and exit code (torchrun's own exit code is 1 whenever a worker did not exit 0,
@@ -135,10 +135,54 @@ def test_signal_to_the_launcher_stops_every_rank_at_one_step_and_resume_finishes
     assert (out / "final" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_to_every_rank_and_the_launcher_is_one_signal(demo, tmp_path: Path, sig: str) -> None:
+    """The signal reaches every rank AND torchrun (a scheduler signalling every process of the job, e.g. Slurm's
+    pre-emption or `scancel --signal=INT`), and torchrun forwards what it got to every rank: each rank gets it twice
+    within a moment. That is one signal, not a second one: every rank stops at the step it arrived in, the
+    checkpoint is saved once, every rank exits 128 + the signal, and `docval-sft resume` (1 process) finishes."""
+    out = tmp_path / "run"
+    done, exits, seconds = launch(f"signal-at-step:2:{sig}:all+signal-at-step:2:{sig}:launcher",
+                                  train_args(demo, out, "--max-steps", "8", "--save-steps", "1000"), tmp_path / "ranks")
+    print(f"interrupted 2-process run: {seconds:.1f}s")
+    assert done.stderr.count(f"closing signal {sig}") == 2, done.stderr[-3000:]  # torchrun forwarded it to both
+    code = str(128 + getattr(signal, sig))
+    assert exits == {0: code, 1: code}, done.stderr[-3000:]
+    assert stop_lines(done.stderr, out, sig) == [2, 2], done.stderr[-3000:]
+    assert "error:" not in done.stderr
+    assert_one_complete_checkpoint(out, 2)
+    resumed = subprocess.run([sys.executable, "-m", "docval_sft", "resume", str(out)], env=ENV, capture_output=True,
+                             text=True, timeout=HANG)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "from checkpoint-2" in resumed.stdout and "done: 8 steps" in resumed.stdout
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_a_further_signal_after_the_launchers_forward_aborts(demo, tmp_path: Path) -> None:
+    """SIGTERM to every rank and torchrun at step 3 (each rank also gets torchrun's forward), then one more SIGTERM
+    to rank 1 while checkpoint-3 is half written: only the forward passes for the first signal, so rank 1 aborts at
+    once and rank 0, which took no second signal itself, ends as its peer is lost; both name checkpoint-2."""
+    out = tmp_path / "run"
+    done, exits, seconds = launch("signal-at-step:3:SIGTERM:all+signal-at-step:3:SIGTERM:launcher"
+                                  "+signal-in-save-on:3:SIGTERM:1",
+                                  train_args(demo, out, "--max-steps", "8", "--save-steps", "2"), tmp_path / "ranks")
+    print(f"aborted 2-process run: {seconds:.1f}s")
+    assert done.stderr.count("closing signal SIGTERM") == 2, done.stderr[-3000:]  # torchrun forwarded it to both
+    assert exits == {0: "143", 1: "143"}, done.stderr[-3000:]
+    where = (f"at step 3: the newest complete checkpoint is {out / 'checkpoint-2'}; continue with: docval-sft resume "
+             f"{out}")
+    errors = sorted(line for line in done.stderr.splitlines() if line.startswith("error: "))
+    assert errors == [f"error: aborted by a second SIGTERM {where}",
+                      f"error: aborted by a second signal on another rank {where}"], done.stderr[-3000:]
+    assert checkpoints.scan(out).latest == out / "checkpoint-2" and not (out / "final").exists()
+
+
 def test_second_signal_during_the_interrupt_save_aborts_every_rank_at_once(demo, tmp_path: Path) -> None:
     """A first SIGTERM (rank 1, step 3) stops the run; a second one on every rank while checkpoint-3 is half
     written aborts every rank at once (no rank left waiting for the others), each naming checkpoint-2, the newest
-    complete one; the torn checkpoint-3 is not resumed from."""
+    complete one; the torn checkpoint-3 is not resumed from. The fault sends SIGTERM twice in the save: under
+    torchrun rank 1 takes the first of them, moments after its first signal, for the launcher's forward of it (see
+    test_signal_to_every_rank_and_the_launcher_is_one_signal), so the second is rank 1's genuine second signal."""
     out = tmp_path / "run"
     done, exits, seconds = launch("signal-at-step:3:SIGTERM:rank1+signal-in-save:3:SIGTERM",
                                   train_args(demo, out, "--max-steps", "8", "--save-steps", "2"), tmp_path / "ranks")
@@ -170,9 +214,12 @@ def test_only_rank_0_checks_the_data(demo, tmp_path: Path) -> None:
 def test_second_signal_to_one_rank_during_the_save_ends_every_rank_in_one_line(demo, tmp_path: Path) -> None:
     """The second SIGTERM reaches rank 1 only, mid-save: rank 1 aborts; rank 0, waiting for it in the save's
     barrier, loses its peer. Every rank ends at once, each with one line naming checkpoint-2 (no gloo traceback),
-    and exits 128 + SIGTERM; the half-written checkpoint-3 is set aside, so no resume starts from it."""
+    and exits 128 + SIGTERM; the half-written checkpoint-3 is set aside, so no resume starts from it. Under torchrun
+    one repeat of the first signal moments after it passes for the launcher's forward, so the save gets two: the
+    second is rank 1's genuine second signal."""
     out = tmp_path / "run"
-    done, exits, seconds = launch("signal-at-step:3:SIGTERM:rank1+signal-in-save-on:3:SIGTERM:1",
+    done, exits, seconds = launch("signal-at-step:3:SIGTERM:rank1+signal-in-save-on:3:SIGTERM:1"
+                                  "+signal-in-save-on:3:SIGTERM:1",
                                   train_args(demo, out, "--max-steps", "8", "--save-steps", "2"), tmp_path / "ranks")
     print(f"aborted 2-process run: {seconds:.1f}s")
     assert exits == {0: "143", 1: "143"}, done.stderr[-3000:]
@@ -187,3 +234,41 @@ def test_second_signal_to_one_rank_during_the_save_ends_every_rank_in_one_line(d
     # rank 0's own files of checkpoint-3 would pass for a complete checkpoint (rank 1's RNG state is missing)
     assert not (out / "checkpoint-3").exists() and (out / "incomplete-checkpoint-3").is_dir()
     assert checkpoints.scan(out).latest == out / "checkpoint-2" and not (out / "final").exists()
+
+
+@pytest.mark.parametrize("torchrun", [True, False], ids=["torchrun", "no-launcher"])
+def test_one_quick_repeat_of_the_first_signal_is_the_launchers_forward(monkeypatch, torchrun: bool) -> None:
+    """The rule behind the runs above, signal by signal (the clock is set by hand): under torchrun one repeat of the
+    first signal's number within FORWARD_WINDOW seconds is absorbed; a further one, a later one or another signal
+    aborts (KeyboardInterrupt). Without a launcher every second signal aborts, as it always did."""
+    from docval_sft import callbacks
+
+    if torchrun:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run")
+    else:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    window = callbacks.InterruptCallback.FORWARD_WINDOW
+    TERM, INT = signal.SIGTERM, signal.SIGINT
+
+    def aborted_by(*deliveries: tuple[float, int]) -> int | None:
+        """Which of the (seconds after the first, signal) deliveries aborts (1 = the second), or None."""
+        interrupt = callbacks.InterruptCallback()
+        for n, (after, signum) in enumerate(deliveries):
+            clock[0] = 100.0 + after
+            try:
+                interrupt._handle(signum, None)
+            except KeyboardInterrupt:
+                assert interrupt.second == signum
+                return n
+        assert interrupt.received == deliveries[0][1] and interrupt.second is None
+        return None
+
+    assert aborted_by((0, TERM)) is None
+    quick = None if torchrun else 1  # torchrun: the launcher's forward, moments later
+    assert aborted_by((0, TERM), (0.1, TERM)) == quick
+    assert aborted_by((0, INT), (window, INT)) == quick
+    assert aborted_by((0, TERM), (0.1, TERM), (0.2, TERM)) == (2 if torchrun else 1)  # a further signal
+    assert aborted_by((0, TERM), (window + 0.5, TERM)) == 1  # too late to be the forward
+    assert aborted_by((0, TERM), (0.1, INT)) == 1  # another signal
