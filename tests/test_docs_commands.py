@@ -113,8 +113,8 @@ TRAIN_ARGS = ("--preset", "a100", "--train-data", "D3_train.json", "--val-data",
 
 # Why each command the docs give cannot run here.
 NOT_RUN: dict[str, str] = {
-    "make demo": "installs the package (pip) and writes demo-out/ in the checkout; the suite runs its steps on the "
-                 "session's demo data (conftest `trained_run`, tests/test_train.py)",
+    "make demo": "installs the package (pip) and writes demo-out/ in the checkout; the suite runs its steps (train "
+                 "--preset demo-learn, evaluate, sample) on demo data of its own (tests/test_learning.py)",
     "make test": "is this suite",
     "docval-sft quickstart": "asks its questions at a terminal; tests/test_quickstart.py answers them through a "
                              "pseudo-terminal to a finished demo run, and runs it with --yes",
