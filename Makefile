@@ -13,7 +13,7 @@ LOCK := requirements/lock.txt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lock check-lock test-lowest clean
+.PHONY: install demo test lock check-lock test-lowest mutants clean
 
 # make/CI install exactly the lock: every package pinned, torch the CPU build these machines keep on disk (pip finds
 # it through its find-links). A changed lock rebuilds the venv, so no package outside the lock lingers.
@@ -48,6 +48,15 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Mutation testing of the modules that decide what is learned and how it is scored ([tool.mutmut] in pyproject.toml,
+# docs/testing.md). mutmut works in mutants/ (git-ignored) and keeps its results there, so a second run only redoes
+# what changed. One module: `make mutants MUTANTS='docval_sft.metrics.*'`. MUTANT_JOBS: parallel test processes.
+MUTANTS ?=
+MUTANT_JOBS ?= 2
+mutants: install
+	$(PY) -m mutmut run --max-children $(MUTANT_JOBS) $(MUTANTS)
+	$(PY) docs/mutant_rates.py
 
 $(TOOLS_VENV)/.installed: requirements/tools.txt
 	rm -rf $(TOOLS_VENV)

@@ -90,6 +90,8 @@ def problem(checkpoint: Path) -> str | None:
             files = _read_json(marker)["files"]
         except (OSError, ValueError, KeyError, TypeError):
             return f"{MARKER} is unreadable"
+        if not isinstance(files, dict):  # valid JSON, but not the {name: size} this module writes
+            return f"{MARKER} is unreadable"
         for name, size in files.items():
             path = checkpoint / name
             if not path.is_file():

@@ -74,3 +74,46 @@ def test_map_and_accuracy() -> None:
     # thresholds .50 .55 ... .95: 1.0 passes all 10; 0.72 passes .50-.70 (5); 0.5 passes .50 (1); 0 none
     assert map_50_95(ious) == pytest.approx((10 + 5 + 1 + 0) / (4 * 10))
     assert map_50_95([]) == 0.0 and accuracy_at([]) == 0.0
+
+
+# --- added for `make mutants` (docs/testing.md): cases that tell apart mutants the tests above let through ----------
+
+def test_iou_of_boxes_off_the_origin_and_not_square() -> None:
+    # pred (2,1)-(6,4): 4x3 = 12; gold (4,2)-(10,8): 6x6 = 36; overlap x 4..6, y 2..4 = 2x2 = 4; union 44
+    assert iou([2, 1, 6, 4], [4, 2, 10, 8]) == pytest.approx(4 / 44)
+    assert iou([4, 2, 10, 8], [2, 1, 6, 4]) == pytest.approx(4 / 44)
+    # pred (1,0)-(9,2): 8x2 = 16; gold (3,1)-(5,7): 2x6 = 12; overlap x 3..5, y 1..2 = 2; union 26
+    assert iou([1, 0, 9, 2], [3, 1, 5, 7]) == pytest.approx(2 / 26)
+    # a wide box whose x1 is past its y2 and a tall one whose y1 is past its x2 are valid boxes
+    assert iou([5, 0, 10, 3], [5, 0, 10, 3]) == 1.0
+    assert iou([0, 5, 3, 10], [0, 5, 3, 10]) == 1.0
+
+
+def test_iou_of_thin_and_small_boxes() -> None:
+    # overlap 1 x 0.5 = 0.5; areas 2 and 2; union 3.5
+    assert iou([0, 0, 2, 1], [1, 0.5, 3, 1.5]) == pytest.approx(0.5 / 3.5)
+    assert iou([0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5]) == 1.0  # a union below one square unit
+    assert iou([0, 0, 0.5, 0.5], [0, 0, 0.5, 0.25]) == pytest.approx(0.5)
+
+
+def test_iou_of_a_box_holding_a_non_number_is_zero() -> None:
+    assert iou([0, 0, "1", 1], [0, 0, 1, 1]) == 0.0
+    assert iou([0, 0, 1, 1], [0, None, 1, 1]) == 0.0
+    assert iou([0, 0, float("inf"), 1], [0, 0, 1, 1]) == 0.0
+
+
+def test_anls_needs_a_gold_answer_message() -> None:
+    with pytest.raises(ValueError, match="^anls needs at least one gold answer$"):
+        anls("x", [])
+
+
+def test_anls_collapses_whitespace_runs_to_one_space_not_to_nothing() -> None:
+    # "ab" vs "a b": one insertion, over the longer raw answer (3) -> 1 - 1/3
+    assert anls("ab", "a b") == pytest.approx(2 / 3)
+    assert anls("a   b", "a b") == 1.0
+
+
+def test_anls_lenient_edge_lengths() -> None:
+    assert anls_lenient("  ", " ") == 1.0  # both non-empty, both empty once stripped
+    assert anls_lenient("a", "b") == 0.0  # one character, one substitution
+    assert anls_lenient("a", "A") == 1.0

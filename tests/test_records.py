@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from docval_sft.errors import DocvalError
-from docval_sft.records import load_records
+from docval_sft.records import MalformedLine, _iter_raw, _lines, load_records
 
 GOOD = {
     "image_id": "cord_00001",
@@ -268,3 +268,70 @@ def test_evaluate_groups_per_dataset_by_the_dataset_field(tmp_path: Path) -> Non
     summary = summary_document(scored, model_path="m", test_data_path="t", run={})
     assert {k: v["n"] for k, v in summary["per_dataset"].items()} == {"cord": 1, "myinvoices": 2}
     assert {k: v["count"] for k, v in summary["dataset_metrics"].items()} == {"cord": 1, "myinvoices": 2}
+
+
+# --- added for `make mutants` (docs/testing.md): exact messages for files that are not a list of records, and how
+# lines are split (the CLI tests that show these messages build the demo data first, too slow per mutant) --------
+
+def raw(path: Path) -> list:
+    return list(_iter_raw(path))
+
+
+def refused(path: Path) -> str:
+    with pytest.raises(DocvalError) as info:
+        raw(path)
+    return str(info.value)
+
+
+TAIL = "not a list of records; expected a JSON array of record objects, or JSON Lines (one record object per line)."
+
+
+def test_a_wrapper_object_on_one_line_is_refused_naming_five_keys(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"data": [{"a": 1}], "b": 2, "c": 3, "d": 4, "e": 5, "f": 6}\n')
+    assert refused(path) == f"{path}: the file is a single JSON object (keys 'data', 'b', 'c', 'd', 'e', ...), {TAIL}"
+    path.write_text('{"data": [{"a": 1}], "b": 2, "c": 3, "d": 4, "e": 5}')
+    assert refused(path) == f"{path}: the file is a single JSON object (keys 'data', 'b', 'c', 'd', 'e'), {TAIL}"
+
+
+def test_a_pretty_printed_record_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_text('{\n  "image_id": "a",\n  "question": "q"\n}\n')
+    assert refused(path) == f"{path}: the file is a single JSON object (keys 'image_id', 'question'), {TAIL}"
+
+
+@pytest.mark.parametrize("line", ['{"image_id": "a", "data": [{"x": 1}]}', '{"data": []}', '{"data": [1, 2]}',
+                                  '{"data": [{"x": 1}, 2]}'])
+def test_one_line_objects_that_are_not_wrappers_are_json_lines(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(line + "\n")
+    assert raw(path) == [(0, 1, json.loads(line))]
+
+
+def test_json_lines_index_and_line_numbers_skip_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n\n{"b": 2}\r\n{"c": \n')
+    assert raw(path) == [(0, 1, {"a": 1}), (1, 3, {"b": 2}),
+                         (2, 4, MalformedLine("4:7", "malformed JSON: Expecting value: line 4 column 7"))]
+
+
+def test_a_json_array_has_no_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_bytes(b'\xef\xbb\xbf  [{"a": 1}, {"b": 2}]')  # a byte-order mark and leading spaces
+    assert raw(path) == [(0, None, {"a": 1}), (1, None, {"b": 2})]
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    assert refused(missing) == f"{missing}: cannot read data file (No such file or directory); check the path."
+    path = tmp_path / "d.json"
+    path.write_text(" \n\n")
+    assert refused(path) == f"{path}: the file is empty; expected a JSON array of records or JSON Lines."
+    path.write_bytes(b'[\n{"a": "\xff"}]')  # [ \n { " a " : space " -> the bad byte is the 10th: offset 9
+    assert refused(path) == f"{path}: line 2: not UTF-8 text (byte 0xff at offset 9); re-save the file as UTF-8."
+
+
+def test_lines_split_on_newline_only() -> None:
+    assert list(_lines("a\r\nb\n")) == ["a", "b", ""]
+    assert list(_lines("a")) == ["a"] and list(_lines("")) == [""]
+    assert list(_lines("x\u2028y\rz\n")) == ["x\u2028y\rz", ""]  # U+2028 and an inner \r stay in the line
