@@ -116,6 +116,15 @@ NOT_RUN: dict[str, str] = {
     "make demo": "installs the package (pip) and writes demo-out/ in the checkout; the suite runs its steps (train "
                  "--preset demo-learn, evaluate, sample) on demo data of its own (tests/test_learning.py)",
     "make test": "is this suite",
+    # docs/testing.md: mutation testing runs its own pytest per mutant, 23 minutes for every module on 2 cores
+    "make mutants": "mutation testing: a separate job of about 23 minutes (docs/testing.md), not part of the suite",
+    "make mutants 'MUTANTS=docval_sft.metrics.*'": "mutation testing of one module: minutes, not part of the suite",
+    "make mutants MUTANT_JOBS=4": "mutation testing with 4 processes: for a machine with 4 cores",
+    ".venv/bin/python -m mutmut results": "reads the results a `make mutants` run left in mutants/",
+    ".venv/bin/python -m mutmut show docval_sft.metrics.x_iou__mutmut_12": "shows a mutant a `make mutants` run "
+                                                                          "generated in mutants/",
+    ".venv/bin/python docs/mutant_rates.py --survivors --untested": "reads the results a `make mutants` run left "
+                                                                    "in mutants/",
     "docval-sft quickstart": "asks its questions at a terminal; tests/test_quickstart.py answers them through a "
                              "pseudo-terminal to a finished demo run, and runs it with --yes",
     "accelerate launch --config_file examples/accelerate/ddp.yaml -m docval_sft train --preset a100 --grad-accum 4 "
