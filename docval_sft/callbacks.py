@@ -197,8 +197,21 @@ class InterruptCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
+    def ignore_further(self) -> None:
+        """The run is ending on a signal with nothing left to save: later SIGINT/SIGTERM (torchrun's forward of it,
+        late on a loaded machine) are ignored, so they cannot kill the process before it says where to resume.
+        Ignored, not blocked: a blocked signal still kills through any other thread of the process."""
+        import signal
+
+        self._previous.clear()
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._restore()
+        if self.received is not None and self._launched and self._previous:
+            self.ignore_further()
+        else:
+            self._restore()
 
 
 class FrozenVisionTowerCallback(TrainerCallback):

@@ -650,9 +650,7 @@ def _run(run: RunConfig, resume_from: Resume | None, data: PreparedData, plan: A
             # launcher's own signal to this rank, a moment later, must not interrupt it (it would be a traceback).
             if not (state.num_processes > 1 and interrupt.received is not None):
                 raise
-            import signal
-
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            interrupt.ignore_further()
             raise Aborted(interrupt.received, out, trainer.state.global_step,
                           what="a second signal on another rank") from None
     if interrupt.received is not None:

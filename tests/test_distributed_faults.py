@@ -158,13 +158,27 @@ def test_signal_to_every_rank_and_the_launcher_is_one_signal(demo, tmp_path: Pat
     assert (out / "final" / "adapter_model.safetensors").is_file()
 
 
+def test_a_forward_that_comes_after_the_stop_does_not_kill_the_rank(demo, tmp_path: Path) -> None:
+    """On a loaded machine torchrun's forward of a signal can reach a rank only after training stopped on it: that
+    rank still exits 128 + SIGTERM with its 'stopped by' line, not killed by the signal's default action."""
+    out = tmp_path / "run"
+    done, exits, seconds = launch("signal-at-step:2:SIGTERM:all+signal-after-train:SIGTERM",
+                                  train_args(demo, out, "--max-steps", "8", "--save-steps", "1000"), tmp_path / "ranks")
+    print(f"interrupted 2-process run: {seconds:.1f}s")
+    assert exits == {0: "143", 1: "143"}, done.stderr[-3000:]
+    assert stop_lines(done.stderr, out, "SIGTERM") == [2, 2], done.stderr[-3000:]
+    assert "error:" not in done.stderr
+    assert_one_complete_checkpoint(out, 2)
+
+
 def test_a_further_signal_after_the_launchers_forward_aborts(demo, tmp_path: Path) -> None:
     """SIGTERM to every rank and torchrun at step 3 (each rank also gets torchrun's forward), then one more SIGTERM
-    to rank 1 while checkpoint-3 is half written: only the forward passes for the first signal, so rank 1 aborts at
-    once and rank 0, which took no second signal itself, ends as its peer is lost; both name checkpoint-2."""
+    to rank 1 while checkpoint-3 is half written, once torchrun's forward has reached it (on a loaded machine the
+    forward can come only during the save): only the forward passes for the first signal, so rank 1 aborts at once
+    and rank 0, which took no second signal itself, ends as its peer is lost; both name checkpoint-2."""
     out = tmp_path / "run"
     done, exits, seconds = launch("signal-at-step:3:SIGTERM:all+signal-at-step:3:SIGTERM:launcher"
-                                  "+signal-in-save-on:3:SIGTERM:1",
+                                  "+signal-in-save-after-forward:3:SIGTERM:1",
                                   train_args(demo, out, "--max-steps", "8", "--save-steps", "2"), tmp_path / "ranks")
     print(f"aborted 2-process run: {seconds:.1f}s")
     assert done.stderr.count("closing signal SIGTERM") == 2, done.stderr[-3000:]  # torchrun forwarded it to both

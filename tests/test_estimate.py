@@ -15,14 +15,16 @@ from docval_sft import architectures
 from docval_sft.cli import app
 from docval_sft.estimate import (
     GIB,
+    INTENDED_GPU,
     Layout,
     adapter_params,
     estimate,
     fits,
     layer_bytes_per_token,
+    gpu_kind,
     weight_bytes,
 )
-from docval_sft.presets import PRESETS, get_preset
+from docval_sft.presets import DEMO_MODEL_DIR, PRESETS, get_preset
 
 runner = CliRunner()
 BENCH_12B = Path(__file__).resolve().parents[1] / "benchmarks" / "gemma3_12b_config.json"
@@ -143,12 +145,15 @@ def test_time_from_flops_and_assumed_mfu() -> None:
     assert h100.s_per_step < est.s_per_step
 
 
-@pytest.mark.parametrize("name", [n for n in PRESETS if n != "demo"])
+def test_every_preset_of_a_hub_model_names_its_intended_gpu() -> None:
+    """The CPU presets train the local tiny model; every other preset is sized for a card that INTENDED_GPU names."""
+    gpu_presets = {n for n, p in PRESETS.items() if p.model_name_or_path != DEMO_MODEL_DIR}
+    assert gpu_presets and set(INTENDED_GPU) == gpu_presets
+
+
+@pytest.mark.parametrize("name", sorted(INTENDED_GPU))
 def test_every_gpu_preset_fits_its_intended_gpu_on_guide_records(name: str) -> None:
     """At the guide's 760-token records every GPU preset fits the card it is sized for."""
-    est = estimate(get_preset(name), gpu=None, max_tokens=760)
-    from docval_sft.estimate import INTENDED_GPU, gpu_kind
-
     est = estimate(get_preset(name), gpu=gpu_kind(INTENDED_GPU[name]), max_tokens=760)
     assert est.fits, est.memory_line()
 

@@ -83,9 +83,12 @@ def test_check_preset_errors_in_full() -> None:
     base = get_preset("a100")
     assert error(check_preset, dataclasses.replace(base, load_in_8bit=True, load_in_4bit=True), source="s") == \
         "s: load_in_8bit and load_in_4bit are exclusive; choose one"
-    for bits in ({"load_in_8bit": True}, {"load_in_4bit": True}):
-        assert error(check_preset, dataclasses.replace(base, use_lora=False, **bits), source="s") == \
-            "s: a quantized base cannot be fully fine-tuned; keep use_lora (--use-lora) with --use-8bit"
+    assert error(check_preset, dataclasses.replace(base, use_lora=False, load_in_8bit=True), source="s") == \
+        ("s: a quantized base (load_in_8bit) cannot be fully fine-tuned; keep use_lora (--use-lora) with --use-8bit, "
+         "or load the base unquantized (--no-8bit)")
+    assert error(check_preset, dataclasses.replace(base, use_lora=False, load_in_4bit=True), source="s") == \
+        ("s: a quantized base (load_in_4bit) cannot be fully fine-tuned; keep use_lora (--use-lora) with load_in_4bit, "
+         "or load the base unquantized (--set load_in_4bit=false)")
     check_preset(dataclasses.replace(base, load_in_4bit=True), source="s")  # with LoRA: fine
     check_preset(dataclasses.replace(base, use_lora=False), source="s")  # full fine-tuning of a bf16 base: fine
 

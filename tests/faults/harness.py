@@ -13,11 +13,17 @@ FAULT is one of
                           process only (WHO=parent) or to its whole process group (WHO=group, as a terminal does)
   signal-in-save-on:N:SIG:R
                           send one SIG to this process on rank R only, at the same moment as signal-in-save
+  signal-in-save-after-forward:N:SIG:R
+                          as signal-in-save-on, but first wait (up to 30 s) until this process has taken two signals:
+                          its own and torchrun's forward of it, which reaches it a moment later or, on a loaded
+                          machine, only during that save
   signal-at-step:N:SIG:WHO
                           at the end of optimizer step N (before any callback sees it) send SIG to this process on
                           one rank (WHO=rank0, rank1, ...; RANK of a torchrun launch, 0 without one), to this process
                           on every rank (WHO=all), or rank 0 sends it to its parent, the torchrun launcher
                           (WHO=launcher), which forwards it to every rank
+  signal-after-train:SIG  send SIG to this process once training has ended (as torchrun's forward of a signal does
+                          when it comes late, after the stop it caused)
   trace-validation        no fault: each call of validate_data (the data checks before training) writes
                           validated-rank-R (its call count and training records) into HARNESS_RANK_DIR
   none                    no fault
@@ -35,6 +41,7 @@ import errno
 import os
 import signal
 import sys
+import time
 
 
 def _at_step(n: int, action):  # noqa: ANN001, ANN202 - a tiny test helper
@@ -61,6 +68,21 @@ def _at_step_end(n: int, action):  # noqa: ANN001, ANN202
         return original(self, args, state, control)
 
     CallbackHandler.on_step_end = patched
+
+
+def _count_handled_signals() -> list[int]:
+    """Every signal the interrupt handler takes, in order (the list grows as they arrive)."""
+    from docval_sft.callbacks import InterruptCallback
+
+    handled: list[int] = []
+    original = InterruptCallback._handle
+
+    def counted(self, signum, frame):  # noqa: ANN001, ANN202
+        handled.append(signum)
+        return original(self, signum, frame)
+
+    InterruptCallback._handle = counted
+    return handled
 
 
 def _rank() -> int:
@@ -141,6 +163,28 @@ def _apply(fault: str) -> None:
         step, name, rank = spec.split(":")
         if _rank() == int(rank):
             _at_step(int(step), lambda: os.kill(os.getpid(), getattr(signal, name)))
+    elif kind == "signal-in-save-after-forward":
+        step, name, rank = spec.split(":")
+        if _rank() == int(rank):
+            handled = _count_handled_signals()
+
+            def after_forward() -> None:
+                deadline = time.monotonic() + 30
+                while len(handled) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)  # the handler runs between sleeps
+                os.kill(os.getpid(), getattr(signal, name))
+
+            _at_step(int(step), after_forward)
+    elif kind == "signal-after-train":
+        from docval_sft.callbacks import InterruptCallback
+
+        on_train_end = InterruptCallback.on_train_end
+
+        def then_signal(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+            on_train_end(self, *a, **k)
+            os.kill(os.getpid(), getattr(signal, spec))
+
+        InterruptCallback.on_train_end = then_signal
     elif kind == "enospc-in-save":
         def full() -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
