@@ -72,6 +72,16 @@ def stop_lines(stderr: str, out: Path, name: str) -> list[int]:
     return [int(a) for a, _ in found]
 
 
+def assert_every_rank_stopped_at(done: subprocess.CompletedProcess[str], exits: dict[int, str], out: Path,
+                                 step: int) -> None:
+    """Both ranks said 'stopped by SIGTERM at step STEP', exited 143, printed no error, and left one complete
+    checkpoint-STEP."""
+    assert exits == {0: "143", 1: "143"}, done.stderr[-3000:]
+    assert stop_lines(done.stderr, out, "SIGTERM") == [step, step], done.stderr[-3000:]
+    assert "error:" not in done.stderr
+    assert_one_complete_checkpoint(out, step)
+
+
 def assert_one_complete_checkpoint(out: Path, step: int) -> None:
     """checkpoint-STEP, the only one, complete (its marker lists what every rank wrote) and not marked finished."""
     assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{step}"]
@@ -95,10 +105,7 @@ def test_signal_to_one_rank_only_stops_every_rank_at_that_step(demo, tmp_path: P
     done, exits, seconds = launch(f"signal-at-step:2:SIGTERM:rank{rank}",
                                   train_args(demo, out, "--max-steps", "8", "--save-steps", "1000"), tmp_path / "ranks")
     print(f"interrupted 2-process run: {seconds:.1f}s")
-    assert exits == {0: "143", 1: "143"}, done.stderr[-3000:]
-    assert stop_lines(done.stderr, out, "SIGTERM") == [2, 2], done.stderr[-3000:]
-    assert "error:" not in done.stderr
-    assert_one_complete_checkpoint(out, 2)
+    assert_every_rank_stopped_at(done, exits, out, 2)
     if rank == 0:
         return
     resumed = subprocess.run([sys.executable, "-m", "docval_sft", "resume", str(out)], env=ENV, capture_output=True,
@@ -165,10 +172,7 @@ def test_a_forward_that_comes_after_the_stop_does_not_kill_the_rank(demo, tmp_pa
     done, exits, seconds = launch("signal-at-step:2:SIGTERM:all+signal-after-train:SIGTERM",
                                   train_args(demo, out, "--max-steps", "8", "--save-steps", "1000"), tmp_path / "ranks")
     print(f"interrupted 2-process run: {seconds:.1f}s")
-    assert exits == {0: "143", 1: "143"}, done.stderr[-3000:]
-    assert stop_lines(done.stderr, out, "SIGTERM") == [2, 2], done.stderr[-3000:]
-    assert "error:" not in done.stderr
-    assert_one_complete_checkpoint(out, 2)
+    assert_every_rank_stopped_at(done, exits, out, 2)
 
 
 def test_a_further_signal_after_the_launchers_forward_aborts(demo, tmp_path: Path) -> None:
