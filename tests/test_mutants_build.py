@@ -112,6 +112,8 @@ def test_build_sft_config_passes_every_key_to_trl() -> None:
     assert (args.output_dir, args.per_device_train_batch_size, args.gradient_accumulation_steps, args.seed,
             args.save_total_limit, args.metric_for_best_model) == ("/runs/x", 3, 7, 11, 6, "eval_loss")
     assert args.completion_only_loss is True and args.max_length is None and args.report_to == []
+    reporting = build_sft_config(DISTINCT, "/runs/x", has_eval=True, report_to=["tensorboard"])
+    assert reporting.report_to == ["tensorboard"]
 
 
 def test_build_sft_config_turns_trls_value_error_into_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -162,6 +162,17 @@ def test_a_file_of_the_right_size_that_cannot_be_read_is_a_problem(tmp_path: Pat
     assert "\n" not in why
 
 
+@pytest.mark.parametrize("name", ["adapter_model.bin", "pytorch_model.bin"])
+def test_torch_bin_weights_that_are_not_a_zip_are_a_problem(tmp_path: Path, name: str) -> None:
+    """Weights saved with safe_serialization off are torch zips (.bin): a torn one is unreadable."""
+    ckpt = complete_checkpoint(tmp_path, 4)
+    (ckpt / "adapter_model.safetensors").unlink()
+    _zip(ckpt / name)
+    assert problem(ckpt) is None
+    _same_size_garbage(ckpt / name)
+    assert problem(ckpt) == f"{name} is unreadable (File is not a zip file)"
+
+
 def test_files_a_resume_does_not_read_are_not_opened(tmp_path: Path) -> None:
     ckpt = complete_checkpoint(tmp_path, 4)
     (ckpt / "notes.json").write_text("{not json")  # not a Trainer file

@@ -93,3 +93,5 @@ def test_to_dataset_columns_and_length_checks(tmp_path: Path) -> None:
         to_dataset([REC], [path], lengths=[1, 2])
     with pytest.raises(ValueError, match="^1 records but 0 spans$"):
         to_dataset([REC], [path], spans=[])
+    with pytest.raises(ValueError, match="shorter"):  # one size short: not one record silently dropped
+        to_dataset([REC, REC], [path, path], "norm1000", [(400, 200)])

@@ -196,6 +196,7 @@ def test_phase_c_summary_when_every_generation_failed() -> None:
 def test_summary_document_puts_phase_c_first_then_ours_per_dataset() -> None:
     doc = summary_document(ROWS, model_path="m", test_data_path="t", run={"batch_size": 2})
     keys = list(doc)
+    assert (doc["model_path"], doc["test_data_path"]) == ("m", "t")
     assert keys[:3] == ["timestamp", "model_path", "test_data_path"] and keys[-2:] == ["per_dataset", "run"]
     assert doc["run"] == {"batch_size": 2} and doc["n"] == 4 and doc["total_examples"] == 4
     assert list(doc["per_dataset"]) == ["cord", "sroie"]

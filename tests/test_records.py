@@ -65,6 +65,9 @@ def test_jsonl_reports_line_numbers(tmp_path: Path) -> None:
     [
         ({"bbox_pred": [1, 2, 3]}, (), "bbox_pred", "bad_bbox", "expected 4 numbers"),
         ({"bbox_pred": [10, 2, 3, 40]}, (), "bbox_pred", "bad_bbox", "x1 < x2"),
+        # zero width or height: a box that covers no pixel has IoU 0 with everything
+        ({"bbox_pred": [10, 2, 10, 40]}, (), "bbox_pred", "bad_bbox", "x1 < x2"),
+        ({"bbox_pred": [1, 40, 10, 40]}, (), "bbox_pred", "bad_bbox", "y1 < y2"),
         ({"bbox_pred": [-1, 2, 3, 40]}, (), "bbox_pred", "bad_bbox", "non-negative"),
         ({"bbox_pred": [1, 2, float("nan"), 40]}, (), "bbox_pred", "bad_bbox", "finite"),
         ({"bbox_pred": [1, 2, "3", 40]}, (), "bbox_pred", "bad_bbox", "expected 4 numbers"),
