@@ -73,11 +73,12 @@ def stop_lines(stderr: str, out: Path, name: str) -> list[int]:
 
 
 def assert_every_rank_stopped_at(done: subprocess.CompletedProcess[str], exits: dict[int, str], out: Path,
-                                 step: int) -> None:
-    """Both ranks said 'stopped by SIGTERM at step STEP', exited 143, printed no error, and left one complete
+                                 step: int, sig: str = "SIGTERM") -> None:
+    """Both ranks said 'stopped by SIG at step STEP', exited 128 + SIG, printed no error, and left one complete
     checkpoint-STEP."""
-    assert exits == {0: "143", 1: "143"}, done.stderr[-3000:]
-    assert stop_lines(done.stderr, out, "SIGTERM") == [step, step], done.stderr[-3000:]
+    code = str(128 + getattr(signal, sig))
+    assert exits == {0: code, 1: code}, done.stderr[-3000:]
+    assert stop_lines(done.stderr, out, sig) == [step, step], done.stderr[-3000:]
     assert "error:" not in done.stderr
     assert_one_complete_checkpoint(out, step)
 
@@ -153,11 +154,7 @@ def test_signal_to_every_rank_and_the_launcher_is_one_signal(demo, tmp_path: Pat
                                   train_args(demo, out, "--max-steps", "8", "--save-steps", "1000"), tmp_path / "ranks")
     print(f"interrupted 2-process run: {seconds:.1f}s")
     assert done.stderr.count(f"closing signal {sig}") == 2, done.stderr[-3000:]  # torchrun forwarded it to both
-    code = str(128 + getattr(signal, sig))
-    assert exits == {0: code, 1: code}, done.stderr[-3000:]
-    assert stop_lines(done.stderr, out, sig) == [2, 2], done.stderr[-3000:]
-    assert "error:" not in done.stderr
-    assert_one_complete_checkpoint(out, 2)
+    assert_every_rank_stopped_at(done, exits, out, 2, sig)
     resumed = subprocess.run([sys.executable, "-m", "docval_sft", "resume", str(out)], env=ENV, capture_output=True,
                              text=True, timeout=HANG)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

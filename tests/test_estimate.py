@@ -20,8 +20,8 @@ from docval_sft.estimate import (
     adapter_params,
     estimate,
     fits,
-    layer_bytes_per_token,
     gpu_kind,
+    layer_bytes_per_token,
     weight_bytes,
 )
 from docval_sft.presets import DEMO_MODEL_DIR, PRESETS, get_preset

@@ -150,7 +150,8 @@ def test_quantization_config() -> None:
     with pytest.raises(DocvalError, match="^load_in_8bit and load_in_4bit are exclusive; choose one$"):
         build_quantization_config(dataclasses.replace(DISTINCT, load_in_8bit=True, load_in_4bit=True))
     for bits in ("load_in_8bit", "load_in_4bit"):
-        with pytest.raises(DocvalError, match=rf"^a quantized base \({bits}\) cannot be fully fine-tuned; keep use_lora"):
+        refusal = rf"^a quantized base \({bits}\) cannot be fully fine-tuned; keep use_lora"
+        with pytest.raises(DocvalError, match=refusal):
             build_quantization_config(dataclasses.replace(DISTINCT, use_lora=False, **{bits: True}))
     eight = build_quantization_config(dataclasses.replace(DISTINCT, load_in_8bit=True))
     assert (eight.load_in_8bit, eight.load_in_4bit, eight.bnb_4bit_use_double_quant) == (True, False, False)
