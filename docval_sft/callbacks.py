@@ -143,7 +143,7 @@ class InterruptCallback(TrainerCallback):
         self.stopped_at: int | None = None
         self._previous: dict[int, Any] = {}
         self._launched = "TORCHELASTIC_RUN_ID" in os.environ  # set by torchrun in each worker
-        self._first_at: float | None = None  # when this process's handler got the first signal
+        self._first_at: float | None = None  # when this process got the first signal, or learnt it from a peer
         self._forward_absorbed = False
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -183,16 +183,24 @@ class InterruptCallback(TrainerCallback):
         import torch
         import torch.distributed as dist
 
+        # Read once, before the collective: a signal handled while this rank waits in it (its handler runs as the
+        # all-reduce returns) must count at the next step on every rank, not at this one on this rank alone.
+        received = self.received
         if not (dist.is_available() and dist.is_initialized()):
-            return self.received
-        flag = torch.tensor([self.received or 0], device=args.device)
+            return received
+        flag = torch.tensor([received or 0], device=args.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or (0 if self.received is not None else None)
+        return int(flag.item()) or None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import time
+
         signum = self._any_rank(args)
         if signum is not None:
-            self.received = self.received or signum
+            if self.received is None:
+                # Learnt from another rank: this rank's own copy (torchrun's forward, late on a loaded machine) may
+                # still come; it is the same signal, so it starts the forward window as a first signal would.
+                self.received, self._first_at = signum, time.monotonic()
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True

@@ -172,6 +172,29 @@ def test_a_forward_that_comes_after_the_stop_does_not_kill_the_rank(demo, tmp_pa
     assert_every_rank_stopped_at(done, exits, out, 2)
 
 
+def test_a_signal_taken_while_waiting_in_the_stop_check_stops_every_rank_at_the_next_step(demo, tmp_path: Path) -> None:
+    """A signal that reaches rank 1 while it waits in step 2's stop check (the all-reduce of every rank's flag, which
+    said "go on") is acted on at step 3 by every rank; read after that all-reduce, it stopped rank 1 alone at step 2
+    while rank 0 trained on, and both hung until torchrun killed them (CI, 2026-12-03)."""
+    out = tmp_path / "run"
+    done, exits, seconds = launch("signal-after-stop-check:2:SIGTERM:1",
+                                  train_args(demo, out, "--max-steps", "8", "--save-steps", "1000"), tmp_path / "ranks")
+    print(f"interrupted 2-process run: {seconds:.1f}s")
+    assert_every_rank_stopped_at(done, exits, out, 3)
+
+
+def test_a_forward_that_reaches_a_rank_after_its_peer_stopped_it_is_not_a_second_signal(demo,
+                                                                                       tmp_path: Path) -> None:
+    """Ctrl-C to torchrun: its forward reaches rank 0 in time for step 2's stop check and rank 1 only during the save
+    that check started (a loaded machine). Rank 1 learnt of the signal from rank 0, so its own copy is the same
+    signal, not a second one: both ranks stop at step 2 and exit 130, no abort."""
+    out = tmp_path / "run"
+    done, exits, seconds = launch("signal-at-step:2:SIGINT:rank0+signal-in-save-on:2:SIGINT:1",
+                                  train_args(demo, out, "--max-steps", "8", "--save-steps", "1000"), tmp_path / "ranks")
+    print(f"interrupted 2-process run: {seconds:.1f}s")
+    assert_every_rank_stopped_at(done, exits, out, 2, "SIGINT")
+
+
 def test_a_further_signal_after_the_launchers_forward_aborts(demo, tmp_path: Path) -> None:
     """SIGTERM to every rank and torchrun at step 3 (each rank also gets torchrun's forward), then one more SIGTERM
     to rank 1 while checkpoint-3 is half written, once torchrun's forward has reached it (on a loaded machine the

@@ -22,6 +22,9 @@ FAULT is one of
                           one rank (WHO=rank0, rank1, ...; RANK of a torchrun launch, 0 without one), to this process
                           on every rank (WHO=all), or rank 0 sends it to its parent, the torchrun launcher
                           (WHO=launcher), which forwards it to every rank
+  signal-after-stop-check:N:SIG:R
+                          on rank R, SIG arrives just as the stop check at the end of step N (the all-reduce of
+                          every rank's interrupt flag) returns: as a signal does that reaches a rank waiting in it
   signal-after-train:SIG  send SIG to this process once training has ended (as torchrun's forward of a signal does
                           when it comes late, after the stop it caused)
   trace-validation        no fault: each call of validate_data (the data checks before training) writes
@@ -175,6 +178,32 @@ def _apply(fault: str) -> None:
                 os.kill(os.getpid(), getattr(signal, name))
 
             _at_step(int(step), after_forward)
+    elif kind == "signal-after-stop-check":
+        step, name, rank = spec.split(":")
+        if _rank() == int(rank):
+            import torch.distributed as dist
+
+            from docval_sft.callbacks import InterruptCallback
+
+            on_step_end, all_reduce = InterruptCallback.on_step_end, dist.all_reduce
+            armed = []
+
+            def checked(self, args, state, control, **k):  # noqa: ANN001, ANN003, ANN202
+                if state.global_step == int(step):
+                    armed.append(True)
+                try:
+                    return on_step_end(self, args, state, control, **k)
+                finally:
+                    armed.clear()
+
+            def reduced(*a, **k):  # noqa: ANN002, ANN003, ANN202
+                result = all_reduce(*a, **k)
+                if armed:
+                    armed.clear()
+                    os.kill(os.getpid(), getattr(signal, name))  # its handler runs before this returns
+                return result
+
+            InterruptCallback.on_step_end, dist.all_reduce = checked, reduced
     elif kind == "signal-after-train":
         from docval_sft.callbacks import InterruptCallback
 
